@@ -1,0 +1,93 @@
+"""The controller's view: per-case verdicts from reports (or from saved predictions) become
+per-task figures. Reads only what reports and the store carry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics
+
+COUNT_ROWS = ("errors", "truncated", "unparsable")
+
+
+@dataclass
+class TaskResult:
+    key: str
+    model: str  # model abbr (summary column)
+    model_name: str  # model config name (file names)
+    dataset: str  # dataset abbr (summary row)
+    dataset_name: str  # dataset config name
+    version: str
+    mode: str  # the dataset's mode column ("gen")
+    run_mode: str  # all / infer / eval
+    samples: int
+    case_ids: list[str]
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> int:
+        return sum(1 for c in self.case_ids if c in self.cases)
+
+    @property
+    def complete(self) -> bool:
+        return self.evaluated == len(self.case_ids)
+
+    def counts(self) -> dict[str, int]:
+        verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]
+        return {
+            "cases": len(self.case_ids),
+            "evaluated": len(verdicts),
+            "passed": sum(v["status"] == "passed" for v in verdicts),
+            "failed": sum(v["status"] == "failed" for v in verdicts),
+            "errors": sum(v["status"] == "error" for v in verdicts),
+            "truncated": sum(bool(v.get("truncated")) for v in verdicts),
+            "unparsable": sum(bool(v.get("unparsable")) for v in verdicts),
+            "error_samples": sum(v.get("errors", 0) for v in verdicts),
+        }
+
+    def figures(self) -> dict[str, float]:
+        """Metric name -> percent, over the evaluated cases. Failed requests count as wrong."""
+        verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]
+        if not verdicts or self.run_mode == "infer":
+            return {}
+        k = self.samples
+        per_case = [sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0 for v in verdicts]
+        if k == 1:
+            return {"accuracy": metrics.accuracy(per_case)}
+        samples = [v["correct"] for v in verdicts]
+        votes = [v["votes"] for v in verdicts]
+        return metrics.case_metrics(samples, votes, k)
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]
+        if not verdicts or self.run_mode == "infer":
+            return {}
+        per_case = [sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0 for v in verdicts]
+        name = "accuracy" if self.samples == 1 else f"avg@{self.samples}"
+        return {name: metrics.confidence_interval(per_case)}
+
+    def per_case_scores(self) -> dict[str, float]:
+        return {
+            c: (sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0)
+            for c, v in self.cases.items()
+        }
+
+    def to_json(self, include_cases: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "model": self.model,
+            "model_config": self.model_name,
+            "dataset": self.dataset,
+            "dataset_config": self.dataset_name,
+            "version": self.version,
+            "mode": self.mode,
+            "run_mode": self.run_mode,
+            "samples": self.samples,
+            "complete": self.complete,
+            "counts": self.counts(),
+            "metrics": {k: round(v, 4) for k, v in self.figures().items()},
+            "ci95": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.intervals().items()},
+        }
+        if include_cases:
+            data["cases"] = [{"case": c, **self.cases[c]} for c in self.case_ids if c in self.cases]
+        return data

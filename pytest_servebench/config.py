@@ -1,0 +1,260 @@
+"""Model and dataset configs: typed, validated, with errors that name file, line and fix."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .yamlio import line_of
+
+NoneType = type(None)
+MODEL_TYPES = ("openai-chat", "openai-completions")
+
+
+def near_matches(name: str, candidates: list[str] | set[str], n: int = 5) -> list[str]:
+    pool = sorted(candidates)
+    close = difflib.get_close_matches(name, pool, n=n, cutoff=0.5)
+    if not close:
+        close = [c for c in pool if name.lower() in c.lower() or c.lower() in name.lower()][:n]
+    return close
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        dict: "a mapping",
+        list: "a list",
+        NoneType: "null",
+    }.get(t, getattr(t, "__name__", str(t)))
+
+
+def _check_type(value: Any, expected: Any) -> Any:
+    """Return the value coerced to `expected`, or raise TypeError."""
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if bool not in types and isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, types):
+        return value
+    raise TypeError
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    source: str
+    type: str = "openai-chat"
+    abbr: str = ""
+    base_url: str | list[str] = "http://127.0.0.1:8080/v1"
+    model: str = ""
+    stream: bool = False
+    api_key_env: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_concurrency: int = 64
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    request_timeout: float | None = None
+    retries: int = 2
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 30.0
+    supports_n: bool = False
+    launch: dict[str, Any] | None = None
+    aliases: list[str] = field(default_factory=list)
+    description: str = ""
+
+    _types: ClassVar[dict[str, Any]] = {
+        "type": str,
+        "abbr": str,
+        "base_url": (str, list),
+        "model": (str, NoneType),
+        "stream": bool,
+        "api_key_env": (str, NoneType),
+        "headers": dict,
+        "generation_kwargs": dict,
+        "max_concurrency": int,
+        "connect_timeout": float,
+        "read_timeout": float,
+        "request_timeout": (float, NoneType),
+        "retries": int,
+        "retry_backoff": float,
+        "retry_backoff_max": float,
+        "supports_n": bool,
+        "launch": (dict, NoneType),
+        "aliases": list,
+        "description": str,
+    }
+
+    def validate(self, raw: Any) -> None:
+        if self.type not in MODEL_TYPES:
+            raise ConfigError(
+                f"type must be one of {', '.join(MODEL_TYPES)}, got {self.type!r}",
+                self.source,
+                line_of(raw, "type"),
+            )
+        if self.max_concurrency < 1:
+            raise ConfigError(
+                "max_concurrency must be at least 1", self.source, line_of(raw, "max_concurrency")
+            )
+        if self.retries < 0:
+            raise ConfigError("retries must be 0 or more", self.source, line_of(raw, "retries"))
+        self.abbr = self.abbr or self.name
+        self.model = self.model or ""
+        if not self.base_urls:
+            raise ConfigError(
+                "base_url must name at least one URL", self.source, line_of(raw, "base_url")
+            )
+
+    @property
+    def base_urls(self) -> list[str]:
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        return [u.rstrip("/") for u in urls if u]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.generation_kwargs.get("num_return_sequences", 1) or 1)
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+    def resolved_headers(self) -> dict[str, str]:
+        """Headers with ${ENV} references expanded (values are secrets: never log them)."""
+        return {k: _expand_env(str(v)) for k, v in self.headers.items()}
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    source: str
+    abbr: str = ""
+    path: str = ""
+    format: str = "auto"
+    columns: list[str] | None = None
+    id_field: str | None = None
+    answer_field: str = "answer"
+    prompt: str | list[dict[str, str]] = "{question}"
+    fewshot: dict[str, Any] | None = None
+    evaluator: str | dict[str, Any] = "exact"
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_source: str = ""
+    license: str = ""
+    mode: str = "gen"
+    aliases: list[str] = field(default_factory=list)
+    description: str = ""
+    builtin_data: bool = False
+
+    _types: ClassVar[dict[str, Any]] = {
+        "abbr": str,
+        "path": str,
+        "format": str,
+        "columns": (list, NoneType),
+        "id_field": (str, NoneType),
+        "answer_field": str,
+        "prompt": (str, list),
+        "fewshot": (dict, NoneType),
+        "evaluator": (str, dict),
+        "generation_kwargs": dict,
+        "data_source": str,
+        "license": str,
+        "mode": str,
+        "aliases": list,
+        "description": str,
+        "builtin_data": bool,
+    }
+
+    def validate(self, raw: Any) -> None:
+        self.abbr = self.abbr or self.name
+        if not self.path:
+            raise ConfigError(
+                "a dataset config needs `path` (the data file, relative to the datasets dir)",
+                self.source,
+                line_of(raw, "path"),
+            )
+        if self.format not in ("auto", "jsonl", "json", "csv", "parquet"):
+            raise ConfigError(
+                f"format must be auto, jsonl, json, csv or parquet, got {self.format!r}",
+                self.source,
+                line_of(raw, "format"),
+            )
+        if isinstance(self.prompt, list):
+            for message in self.prompt:
+                if not (isinstance(message, dict) and set(message) == {"role", "content"}):
+                    raise ConfigError(
+                        "each prompt message must be a mapping with `role` and `content`",
+                        self.source,
+                        line_of(raw, "prompt"),
+                    )
+                if message["role"] not in ("system", "user", "assistant"):
+                    raise ConfigError(
+                        f"prompt role must be system, user or assistant, got {message['role']!r}",
+                        self.source,
+                        line_of(raw, "prompt"),
+                    )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: str) -> str:
+    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+
+
+def build(cls: type, name: str, source: str, raw: Any) -> Any:
+    """Validate a raw mapping into a config dataclass; unknown keys and wrong types fail clearly."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping of config fields at the top level", source, 1)
+    allowed = {f.name for f in fields(cls) if f.name not in ("name", "source")}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "kind":
+            continue
+        if key not in allowed:
+            hint = near_matches(str(key), allowed)
+            suggestion = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise ConfigError(
+                f"unknown field {key!r}{suggestion} (fields: {', '.join(sorted(allowed))})",
+                source,
+                line_of(raw, key),
+            )
+        expected = cls._types[key]
+        try:
+            values[key] = _check_type(value, expected)
+        except TypeError:
+            raise ConfigError(
+                f"field {key!r} must be {_type_name(expected)}, got "
+                f"{type(value).__name__} {value!r}",
+                source,
+                line_of(raw, key),
+            ) from None
+    config = cls(name=name, source=source, **values)
+    config.validate(raw)
+    return config
+
+
+def apply_override(raw: dict[str, Any], dotted: list[str], value: Any) -> None:
+    """Set raw[a][b][c] = value for dotted path a.b.c, creating mappings as needed."""
+    node = raw
+    for part in dotted[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[dotted[-1]] = value
+
+
+def describe_source(path: Path) -> str:
+    return str(path)

@@ -1,0 +1,432 @@
+"""The request engine: an asyncio loop in a background thread that keeps every endpoint busy
+up to its max concurrency while pytest walks its items one at a time.
+
+Knows HTTP, retries and the store; knows nothing of scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .client import FatalEndpointError, RequestFailed, RetryableError, list_models, send
+from .config import ModelConfig
+from .store import PredictionWriter
+
+log = logging.getLogger("servebench.engine")
+
+
+class RunAborted(Exception):
+    """The run cannot go on (endpoint unreachable, credentials rejected, interrupted)."""
+
+
+@dataclass
+class Progress:
+    """Counters of one task, read by the progress view."""
+
+    total: int = 0
+    reused: int = 0
+    posted: int = 0
+    received: int = 0
+    finished: int = 0
+    failed: int = 0
+    retried: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Job:
+    """One HTTP request: `count` samples of one case starting at sample index `first`."""
+
+    case_id: str
+    first: int
+    count: int
+    body: dict[str, Any]
+    hash: str
+
+
+class Endpoint:
+    """One model config's server(s): shared client, concurrency bound, replica choice."""
+
+    def __init__(self, config: ModelConfig, headers: dict[str, str]):
+        self.config = config
+        self.headers = headers
+        self.semaphore = asyncio.Semaphore(config.max_concurrency)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.read_timeout,
+                write=config.read_timeout,
+                pool=None,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_concurrency,
+                max_keepalive_connections=config.max_concurrency,
+            ),
+            trust_env=False,
+        )
+        self.urls = config.base_urls
+        self._next = 0
+        self._avoid_until = [0.0] * len(self.urls)
+        self.successes = 0
+        self.model_name: str | None = config.model or None
+        self._model_lock = asyncio.Lock()
+
+    def pick(self) -> int:
+        """Round-robin over replicas, skipping those that failed recently."""
+        now = time.monotonic()
+        for _ in range(len(self.urls)):
+            i = self._next % len(self.urls)
+            self._next += 1
+            if self._avoid_until[i] <= now:
+                return i
+        return min(range(len(self.urls)), key=self._avoid_until.__getitem__)
+
+    def mark(self, i: int, ok: bool) -> None:
+        if ok:
+            self._avoid_until[i] = 0.0
+        elif len(self.urls) > 1:
+            self._avoid_until[i] = time.monotonic() + 5.0
+
+    async def resolve_model(self) -> str:
+        async with self._model_lock:
+            if self.model_name is None:
+                names = await list_models(self.client, self.urls[0], self.headers)
+                if not names:
+                    raise FatalEndpointError(
+                        f"{self.urls[0]}/models lists no model; set `model:` in the config"
+                    )
+                self.model_name = names[0]
+                log.info(
+                    "model %s: server at %s serves %r",
+                    self.config.name,
+                    self.urls[0],
+                    self.model_name,
+                )
+            return self.model_name
+
+
+class TaskRun:
+    """The requests of one model x dataset task, as seen from both threads."""
+
+    def __init__(
+        self,
+        key: str,
+        endpoint: Endpoint,
+        writer: PredictionWriter,
+        samples: int,
+        make_jobs: Callable[[str], list[Job]],
+        order: list[str],
+    ):
+        self.key = key
+        self.endpoint = endpoint
+        self.writer = writer
+        self.samples = samples
+        self.make_jobs = make_jobs
+        self.order = order
+        self.progress = Progress(total=len(order))
+        self.futures: dict[str, concurrent.futures.Future[list[dict[str, Any]]]] = {
+            case_id: concurrent.futures.Future() for case_id in order
+        }
+        self._partial: dict[str, list[dict[str, Any] | None]] = {}
+
+    def deliver(self, case_id: str, records: list[dict[str, Any]], first: int) -> None:
+        slots = self._partial.setdefault(case_id, [None] * self.samples)
+        for offset, record in enumerate(records):
+            slots[first + offset] = record
+        if all(s is not None for s in slots):
+            del self._partial[case_id]
+            future = self.futures[case_id]
+            if not future.done():
+                future.set_result(slots)  # type: ignore[arg-type]
+
+    def fail(self, job: Job, message: str) -> None:
+        records = [
+            {
+                "case": job.case_id,
+                "sample": job.first + i,
+                "hash": job.hash,
+                "ok": False,
+                "error": message,
+            }
+            for i in range(job.count)
+        ]
+        self.deliver(job.case_id, records, job.first)
+
+
+class Engine:
+    def __init__(self, headers_for: Callable[[ModelConfig], dict[str, str]]):
+        self._headers_for = headers_for
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runs: list[TaskRun] = []
+        self.fatal: str | None = None
+        self.stopping = False
+
+    # -- thread plumbing -------------------------------------------------------------------
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self._thread = threading.Thread(target=run, name="servebench-engine", daemon=True)
+            self._thread.start()
+            ready.wait()
+            self._loop = loop
+        return self._loop
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the engine loop and wait for its result (main thread only)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+
+    async def _endpoint(self, config: ModelConfig) -> Endpoint:
+        endpoint = self._endpoints.get(config.name)
+        if endpoint is None:
+            endpoint = Endpoint(config, self._headers_for(config))
+            self._endpoints[config.name] = endpoint
+        return endpoint
+
+    def model_name(self, config: ModelConfig) -> str:
+        """The model name requests carry; asks GET /models once when the config leaves it empty."""
+        if config.model:
+            return config.model
+
+        async def resolve() -> str:
+            endpoint = await self._endpoint(config)
+            return await endpoint.resolve_model()
+
+        try:
+            return self.call(resolve())
+        except FatalEndpointError as exc:
+            self.fatal = str(exc)
+            raise RunAborted(self.fatal) from None
+
+    # -- submitting ------------------------------------------------------------------------
+    def start(
+        self,
+        key: str,
+        config: ModelConfig,
+        writer: PredictionWriter,
+        samples: int,
+        order: list[str],
+        make_jobs: Callable[[str], list[Job]],
+    ) -> TaskRun:
+        """Queue every case of a task at once, in item order; return at once."""
+        loop = self._ensure_loop()
+
+        async def create() -> TaskRun:
+            endpoint = await self._endpoint(config)
+            run = TaskRun(key, endpoint, writer, samples, make_jobs, order)
+            self._runs.append(run)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._drive(run)))
+            return run
+
+        return asyncio.run_coroutine_threadsafe(create(), loop).result()
+
+    async def _drive(self, run: TaskRun) -> None:
+        pending: deque[str] = deque(run.order)
+        jobs: deque[Job] = deque()
+
+        def next_job() -> Job | None:
+            # Jobs are built lazily so that a 50,000-case task never holds every prompt at once.
+            while not jobs and pending:
+                jobs.extend(run.make_jobs(pending.popleft()))
+            return jobs.popleft() if jobs else None
+
+        async def worker() -> None:
+            while not self.stopping:
+                job = next_job()
+                if job is None:
+                    return
+                try:
+                    await self._perform(run, job)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug must fail one case, never hang the run
+                    log.exception("%s %s: internal error", run.key, job.case_id)
+                    run.fail(job, f"internal error: {type(exc).__name__}: {exc}")
+
+        width = min(run.endpoint.config.max_concurrency, max(1, len(run.order) * run.samples))
+        try:
+            await asyncio.gather(*(worker() for _ in range(width)))
+        finally:
+            run.writer.close()
+
+    async def _perform(self, run: TaskRun, job: Job) -> None:
+        endpoint = run.endpoint
+        config = endpoint.config
+        chat = config.type == "openai-chat"
+        attempts = 0
+        free_retries = 0
+        progress = run.progress
+        error: str | None = None
+        replies: list[Any] = []
+        latency = 0.0
+        ttft: float | None = None
+        async with endpoint.semaphore:
+            while True:
+                if self.stopping:
+                    return
+                replica = endpoint.pick()
+                url = endpoint.urls[replica] + ("/chat/completions" if chat else "/completions")
+                attempts += 1
+                progress.posted += 1
+                try:
+                    coro = send(
+                        endpoint.client, url, job.body, chat, config.stream, endpoint.headers
+                    )
+                    if config.request_timeout:
+                        replies, latency, ttft = await asyncio.wait_for(
+                            coro, config.request_timeout
+                        )
+                    else:
+                        replies, latency, ttft = await coro
+                    progress.received += 1
+                    endpoint.mark(replica, True)
+                    endpoint.successes += 1
+                    error = None
+                    break
+                except asyncio.TimeoutError:
+                    exc: Exception = RetryableError(
+                        f"no full reply within request_timeout {config.request_timeout}s"
+                    )
+                except (RetryableError, RequestFailed, FatalEndpointError) as caught:
+                    exc = caught
+                endpoint.mark(replica, False)
+                if isinstance(exc, FatalEndpointError):
+                    self._abort(str(exc))
+                    return
+                if isinstance(exc, RequestFailed):
+                    error = str(exc)
+                    break
+                assert isinstance(exc, RetryableError)
+                if exc.free and free_retries < 3:
+                    free_retries += 1
+                    attempts -= 1
+                    continue
+                if attempts > config.retries:
+                    error = f"{exc} (after {attempts} attempts)"
+                    if "cannot connect" in str(exc) and endpoint.successes == 0:
+                        self._abort(
+                            f"the server for model {config.name!r} is not reachable: "
+                            f"{exc}. Is it running? Set its URL with --sb-set "
+                            f"{config.name}.base_url=http://HOST:PORT/v1"
+                        )
+                        return
+                    break
+                progress.retried += 1
+                delay = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempts - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, config.retry_backoff_max))
+                log.warning(
+                    "%s %s sample %d: %s; retry %d/%d in %.2fs",
+                    run.key,
+                    job.case_id,
+                    job.first,
+                    exc,
+                    attempts,
+                    config.retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        stamp = time.time()
+        records = []
+        for offset in range(job.count):
+            record: dict[str, Any] = {
+                "case": job.case_id,
+                "sample": job.first + offset,
+                "hash": job.hash,
+                "ok": error is None,
+                "attempts": attempts,
+                "latency": round(latency, 4),
+                "time": round(stamp, 3),
+            }
+            if error is None:
+                reply = replies[offset] if offset < len(replies) else None
+                if reply is None:
+                    record.update(
+                        ok=False,
+                        error=f"server returned {len(replies)} choices, expected {job.count}",
+                    )
+                else:
+                    record.update(
+                        content=reply.content,
+                        reasoning=reply.reasoning,
+                        finish_reason=reply.finish_reason,
+                        prompt_tokens=reply.prompt_tokens,
+                        completion_tokens=reply.completion_tokens,
+                        ttft=None if ttft is None else round(ttft, 4),
+                    )
+            else:
+                record["error"] = error
+            records.append(record)
+        for record in records:
+            run.writer.write(record)
+            if record["ok"]:
+                progress.finished += 1
+            else:
+                progress.failed += 1
+                log.error(
+                    "%s %s sample %d failed: %s",
+                    run.key,
+                    job.case_id,
+                    record["sample"],
+                    record["error"],
+                )
+        run.deliver(job.case_id, records, job.first)
+
+    def _abort(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = message
+            log.error("run aborted: %s", message)
+        self.stopping = True
+        for run in self._runs:
+            for future in run.futures.values():
+                if not future.done():
+                    future.set_exception(RunAborted(self.fatal))
+
+    # -- shutting down ---------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop sending, drop what is in flight, close files and clients."""
+        if self._loop is None:
+            return
+        self.stopping = True
+        loop = self._loop
+
+        async def shutdown() -> None:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for endpoint in self._endpoints.values():
+                await endpoint.client.aclose()
+            for run in self._runs:
+                run.writer.close()
+
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._loop = None
+
+    @property
+    def runs(self) -> list[TaskRun]:
+        return list(self._runs)

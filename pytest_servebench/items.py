@@ -1,0 +1,105 @@
+"""pytest nodes: a task (model x dataset) is a collector, a dataset record is an item."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .datasets import Case
+from .engine import RunAborted
+
+if TYPE_CHECKING:
+    from .run import Task, TaskState
+
+NODE_PREFIX = "servebench"
+
+
+class RequestError(Exception):
+    """The case's request could not be served: reported as an error, not a failure."""
+
+
+class WrongAnswer(Exception):
+    """The case was served and judged wrong."""
+
+
+class TaskCollector(pytest.Collector):
+    def __init__(self, *, task: Task, state: TaskState, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.task = task
+        self.state = state
+
+    def collect(self) -> list[CaseItem]:
+        return [CaseItem.from_parent(self, name=case.id, case=case) for case in self.task.cases]
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, self.nodeid
+
+
+class CaseItem(pytest.Item):
+    def __init__(self, *, case: Case, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.case = case
+        self.verdict: dict[str, Any] | None = None
+        self.records: list[dict[str, Any]] = []
+        self.add_marker(pytest.mark.servebench)
+
+    @property
+    def collector(self) -> TaskCollector:
+        assert isinstance(self.parent, TaskCollector)
+        return self.parent
+
+    def setup(self) -> None:
+        state = self.collector.state
+        self.records = state.records_for(self)
+        self.verdict = state.judge(self.case, self.records)
+        if self.verdict["status"] == "error":
+            raise RequestError(self.verdict["error"])
+
+    def runtest(self) -> None:
+        assert self.verdict is not None
+        if self.verdict["status"] == "failed":
+            raise WrongAnswer()
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, RequestError):
+            return f"request could not be served: {excinfo.value}"
+        if isinstance(excinfo.value, WrongAnswer) and self.verdict is not None:
+            return self._wrong_answer_message()
+        return str(super().repr_failure(excinfo, style))
+
+    def _repr_failure_py(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> Any:
+        # Setup errors are rendered through this path, not repr_failure: a case whose request
+        # could not be served gets one line, not an engine traceback.
+        if isinstance(excinfo.value, RequestError):
+            return f"request could not be served: {excinfo.value}"
+        if isinstance(excinfo.value, RunAborted):
+            return f"run aborted: {excinfo.value}"
+        return super()._repr_failure_py(excinfo, style)
+
+    def _wrong_answer_message(self) -> str:
+        assert self.verdict is not None
+        task = self.collector.task
+        question = " ".join(task.dataset.question_text(self.case).split())
+        outputs = [r.get("content") or "" for r in self.records if r.get("ok")]
+        tail = outputs[0][-400:] if outputs else ""
+        lines = [
+            f"wrong answer ({sum(self.verdict['correct'])}/{len(self.verdict['correct'])} "
+            f"samples correct)",
+            f"  question : {question[:300]}" + ("..." if len(question) > 300 else ""),
+            f"  extracted: {self.verdict['votes']}"
+            if len(self.verdict["votes"]) > 1
+            else f"  extracted: {self.verdict['extracted']!r}",
+            f"  reference: {self.verdict['reference']!r}",
+            f"  output end: ...{tail}"
+            if outputs and len(outputs[0]) > 400
+            else f"  output   : {tail}",
+        ]
+        if self.records and self.records[0].get("finish_reason") == "length":
+            lines.append("  note     : the output was truncated (finish_reason=length)")
+        return "\n".join(lines)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.collector.task.key}::{self.case.id}"

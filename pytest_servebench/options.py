@@ -1,0 +1,192 @@
+"""Command-line and ini options, resolved into one Options value."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from .errors import ServebenchError
+from .run import Options
+
+MODES = ("all", "infer", "eval")
+CACHE_KEY = "servebench/last_run"
+
+
+def addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("servebench", "servebench: evaluate served language models")
+    group.addoption(
+        "--sb-models",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="model configs to evaluate, by name (see --sb-search)",
+    )
+    group.addoption(
+        "--sb-datasets",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="dataset configs to evaluate, by name, or a path to a config YAML",
+    )
+    group.addoption(
+        "--sb-suites",
+        action="append",
+        metavar="DIR",
+        default=None,
+        help="extra folder of model/dataset configs (repeatable); searched before "
+        "./suites and the built-ins",
+    )
+    group.addoption(
+        "--sb-set",
+        action="append",
+        metavar="NAME.FIELD=VALUE",
+        default=None,
+        help="override a config field, nested with dots, value parsed as YAML "
+        "(repeatable), e.g. vllm_chat.generation_kwargs.temperature=0.7",
+    )
+    group.addoption(
+        "--sb-search",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATTERN",
+        help="list the configs (kind, name, file) matching PATTERN and exit",
+    )
+    group.addoption(
+        "--sb-work-dir",
+        metavar="DIR",
+        default=None,
+        help="where runs are written; each run makes DIR/<YYYYmmdd_HHMMSS>/ "
+        "(default outputs/default)",
+    )
+    group.addoption(
+        "--sb-datasets-dir",
+        metavar="DIR",
+        default=None,
+        help="folder holding the data files (default $SERVEBENCH_DATASETS or ./datasets)",
+    )
+    group.addoption(
+        "--sb-limit",
+        type=int,
+        metavar="N",
+        default=None,
+        help="only the first N cases of each dataset",
+    )
+    group.addoption(
+        "--sb-mode",
+        choices=MODES,
+        default=None,
+        help="all: ask and score (default); infer: only collect predictions; "
+        "eval: score saved predictions, send nothing",
+    )
+    group.addoption(
+        "--sb-reuse",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="TS",
+        help="continue the run TS (or the latest) in its work dir: reuse every "
+        "saved successful prediction, send only the rest",
+    )
+    group.addoption(
+        "--sb-resend",
+        action="store_true",
+        default=False,
+        help="send every selected request again even when a saved prediction "
+        "exists (with --lf: re-ask the model for wrong answers too)",
+    )
+    for name, kind, help_text in (
+        ("sb_models", "args", "model configs to evaluate"),
+        ("sb_datasets", "args", "dataset configs to evaluate"),
+        ("sb_suites", "args", "extra config folders"),
+        ("sb_set", "linelist", "config overrides NAME.FIELD=VALUE, one per line"),
+        ("sb_work_dir", "string", "work dir (default outputs/default)"),
+        ("sb_datasets_dir", "string", "datasets dir (default ./datasets)"),
+        ("sb_limit", "string", "only the first N cases of each dataset"),
+        ("sb_mode", "string", "all, infer or eval"),
+    ):
+        parser.addini(name, help_text, type=kind, default=None)
+
+
+def _ini(config: pytest.Config, name: str) -> Any:
+    try:
+        value = config.getini(name)
+    except ValueError:
+        return None
+    return value or None
+
+
+def resolve(config: pytest.Config) -> Options | None:
+    """Options from the command line, else the ini file, else the last run (for --lf/--ff).
+    None when servebench has nothing to do in this session."""
+    get = config.getoption
+    models = get("sb_models") or _ini(config, "sb_models")
+    datasets = get("sb_datasets") or _ini(config, "sb_datasets")
+    retest = bool(get("lf") or get("failedfirst")) if _has(config, "lf") else False
+    remembered: dict[str, Any] = {}
+    if retest and getattr(config, "cache", None) is not None:
+        remembered = config.cache.get(CACHE_KEY, {}) or {}
+    if not models and not datasets:
+        if not remembered:
+            return None
+        models, datasets = remembered.get("models"), remembered.get("datasets")
+    if not models or not datasets:
+        missing = "--sb-datasets" if models else "--sb-models"
+        raise ServebenchError(
+            f"servebench needs both --sb-models and --sb-datasets; {missing} "
+            f"is missing (see `pytest --sb-search` for the names)"
+        )
+    limit_raw = get("sb_limit") if get("sb_limit") is not None else _ini(config, "sb_limit")
+    if limit_raw is None and remembered:
+        limit_raw = remembered.get("limit")
+    try:
+        limit = int(limit_raw) if limit_raw is not None else None
+    except ValueError:
+        raise ServebenchError(f"sb_limit must be a whole number, got {limit_raw!r}") from None
+    if limit is not None and limit < 1:
+        raise ServebenchError("--sb-limit must be at least 1")
+    mode = get("sb_mode") or _ini(config, "sb_mode") or "all"
+    if mode not in MODES:
+        raise ServebenchError(f"sb_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    overrides = list(get("sb_set") or _ini(config, "sb_set") or remembered.get("overrides") or [])
+    suites = list(get("sb_suites") or _ini(config, "sb_suites") or remembered.get("suites") or [])
+    work_dir = (
+        get("sb_work_dir")
+        or _ini(config, "sb_work_dir")
+        or remembered.get("work_base")
+        or "outputs/default"
+    )
+    datasets_dir = (
+        get("sb_datasets_dir")
+        or _ini(config, "sb_datasets_dir")
+        or os.environ.get("SERVEBENCH_DATASETS")
+        or remembered.get("datasets_dir")
+        or "datasets"
+    )
+    reuse = get("sb_reuse")
+    if reuse is None and retest and remembered.get("work_dir"):
+        reuse = remembered["work_dir"]
+    if reuse is None and mode == "eval":
+        reuse = "latest"
+    return Options(
+        models=list(models),
+        datasets=list(datasets),
+        suites=suites,
+        overrides=overrides,
+        work_dir=str(work_dir),
+        datasets_dir=str(datasets_dir),
+        limit=limit,
+        mode=mode,
+        reuse=reuse,
+        resend=bool(get("sb_resend")),
+    )
+
+
+def _has(config: pytest.Config, name: str) -> bool:
+    try:
+        config.getoption(name)
+        return True
+    except ValueError:
+        return False

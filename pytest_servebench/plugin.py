@@ -1,0 +1,361 @@
+"""The pytest hooks, and nothing else: options, configure, collection glue, report glue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import options as opts
+from .aggregate import TaskResult
+from .errors import ServebenchError
+from .items import NODE_PREFIX, CaseItem, TaskCollector
+from .run import Run
+from .scoring import judge_case
+from .secrets import RedactingFilter, redactor
+from .store import WorkDir, load_predictions, new_timestamp, write_json
+from .suites import SuiteIndex, load_configs, parse_overrides, search_table
+from .summary import build_rows, render_text, write_summary
+
+log = logging.getLogger("servebench")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    opts.addoption(parser)
+
+
+def suite_folders(config: pytest.Config, extra: list[str]) -> list[tuple[Path, str]]:
+    folders = [(Path(d).expanduser().resolve(), "--sb-suites") for d in extra]
+    for path, _ in folders:
+        if not path.is_dir():
+            raise ServebenchError(f"--sb-suites {path}: no such folder")
+    local = config.rootpath / "suites"
+    if local.is_dir():
+        folders.append((local, "rootdir"))
+    from .suites import BUILTIN_SUITES
+
+    folders.append((BUILTIN_SUITES, "built-in"))
+    return folders
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    pattern = config.getoption("sb_search")
+    if pattern is None:
+        return None
+    try:
+        index = SuiteIndex(suite_folders(config, config.getoption("sb_suites") or []))
+    except ServebenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    print(search_table(index, pattern=pattern))
+    return 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "servebench: a case of a servebench evaluation task")
+    try:
+        options = opts.resolve(config)
+        if options is None:
+            return
+        plugin = ServebenchPlugin(config, options)
+    except ServebenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(plugin, "servebench-run")
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class ServebenchPlugin:
+    def __init__(self, config: pytest.Config, options: opts.Options):
+        self.config = config
+        self.options = options
+        index = SuiteIndex(suite_folders(config, options.suites))
+        models, datasets = load_configs(
+            index, options.models, options.datasets, parse_overrides(options.overrides)
+        )
+        base = Path(options.work_dir).expanduser()
+        if not base.is_absolute():
+            base = config.invocation_params.dir / base
+        if is_worker(config):
+            work = WorkDir(Path(config.workerinput["sb_work_dir"]))  # type: ignore[attr-defined]
+            self.stamp = config.workerinput["sb_stamp"]  # type: ignore[attr-defined]
+        else:
+            work = WorkDir.reuse(base, options.reuse) if options.reuse else WorkDir.create(base)
+            self.stamp = new_timestamp() if options.reuse else work.timestamp
+        datasets_dir = Path(options.datasets_dir).expanduser()
+        if not datasets_dir.is_absolute():
+            datasets_dir = config.invocation_params.dir / datasets_dir
+        self.run = Run(options, models, datasets, work, datasets_dir.resolve())
+        self.results: dict[str, TaskResult] = {}
+        self.interrupted = False
+        self._setup_logging()
+        if not is_worker(config):
+            self._snapshot()
+            self._remember(base)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def _setup_logging(self) -> None:
+        worker = getattr(self.config, "workerinput", {}).get("workerid")
+        name = f"servebench-{worker}.log" if worker else "servebench.log"
+        handler = logging.FileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactingFilter())
+        root = logging.getLogger("servebench")
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        root.propagate = False  # keep the per-request log out of pytest's capture
+        self._log_handler = handler
+
+    def _snapshot(self) -> None:
+        from dataclasses import asdict
+
+        data = {
+            "options": asdict(self.options),
+            "models": {m.name: asdict(m) for m in self.run.models},
+            "datasets": {
+                d.name: {**asdict(d), "version": self.run.datasets[d.name].version}
+                for d in self.run.dataset_configs
+            },
+        }
+        write_json(self.run.work.root / "configs" / f"run_{self.stamp}.json", redactor.scrub(data))
+
+    def _remember(self, base: Path) -> None:
+        if getattr(self.config, "cache", None) is None:
+            return
+        options = self.options
+        safe_overrides = [o for o in options.overrides if ".headers." not in o]
+        self.config.cache.set(
+            opts.CACHE_KEY,
+            {
+                "models": options.models,
+                "datasets": options.datasets,
+                "suites": [str(Path(s).resolve()) for s in options.suites],
+                "overrides": [redactor(o) for o in safe_overrides],
+                "work_base": str(base),
+                "work_dir": str(self.run.work.root),
+                "datasets_dir": str(self.run.datasets[options.datasets[0]].datasets_dir)
+                if options.datasets and options.datasets[0] in self.run.datasets
+                else None,
+                "limit": options.limit,
+            },
+        )
+
+    # -- xdist -----------------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["sb_work_dir"] = str(self.run.work.root)
+        node.workerinput["sb_stamp"] = self.stamp
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """A task never splits across workers: its cases share one endpoint's concurrency and
+        one prediction file. xdist's scope scheduling keys on the node id before the last
+        '::', which is exactly the task; node ids stay unchanged, so --lf keeps working."""
+        if config.getoption("dist") != "load":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        return LoadScopeScheduling(config, log)
+
+    # -- collection ------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        report = yield
+        if isinstance(collector, pytest.Session) and report.passed:
+            tasks = []
+            for task in self.run.tasks:
+                name = f"{NODE_PREFIX}/{task.key}"
+                tasks.append(
+                    TaskCollector.from_parent(
+                        collector,
+                        name=name,
+                        nodeid=name,
+                        task=task,
+                        state=self.run.states[task.key],
+                    )
+                )
+            explicit = self.config.args_source == pytest.Config.ArgsSource.ARGS
+            # `pytest --sb-models M --sb-datasets D` runs the evaluation only; name test paths
+            # explicitly to run them too.
+            report.result = [*report.result, *tasks] if explicit else tasks
+        return report
+
+    def pytest_collectstart(self, collector: pytest.Collector) -> None:
+        if isinstance(collector, TaskCollector):
+            try:
+                _ = collector.task.cases
+            except ServebenchError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.run.set_items([i for i in session.items if isinstance(i, CaseItem)])
+
+    # -- running ---------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if isinstance(item, CaseItem) and item.verdict is not None:
+            concluded = (call.when == "call") or (
+                call.when == "setup" and report.outcome != "passed"
+            )
+            if concluded:
+                report.servebench = {
+                    "task": item.collector.task.key,
+                    "case": item.case.id,
+                    **item.verdict,
+                }
+        return report
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if isinstance(item, CaseItem) and self.run.engine.fatal:
+            item.session.shouldfail = self.run.engine.fatal
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if is_worker(self.config):
+            return
+        payload = getattr(report, "servebench", None)
+        if payload:
+            self._result_for(payload["task"]).cases[payload["case"]] = {
+                k: v for k, v in payload.items() if k not in ("task", "case")
+            }
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True
+
+    def _result_for(self, key: str) -> TaskResult:
+        if key not in self.results:
+            task = next(t for t in self.run.tasks if t.key == key)
+            self.results[key] = TaskResult(
+                key=key,
+                model=task.model.abbr,
+                model_name=task.model.name,
+                dataset=task.dataset.config.abbr,
+                dataset_name=task.dataset.config.name,
+                version=task.dataset.version,
+                mode=task.dataset.config.mode,
+                run_mode=self.options.mode,
+                samples=task.samples,
+                case_ids=[c.id for c in task.cases],
+            )
+        return self.results[key]
+
+    # -- finishing -------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.run.close()
+        if self.run.engine.fatal and not session.shouldfail:
+            session.shouldfail = self.run.engine.fatal
+        if is_worker(self.config):
+            return
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.interrupted = True
+        try:
+            self._finish()
+        except ServebenchError as exc:
+            self.finish_error = str(exc)
+        self._log_handler.close()
+
+    def _finish(self) -> None:
+        for task in self.run.tasks:
+            result = self._result_for(task.key)
+            self._fill_from_store(task, result)
+        results = [self.results[t.key] for t in self.run.tasks]
+        for result in results:
+            write_json(
+                self.run.work.results_file(result.model_name, result.dataset_name), result.to_json()
+            )
+        self.summary_files = write_summary(
+            self.run.work.summary_base(self.stamp),
+            results,
+            {
+                "work_dir": str(self.run.work.root),
+                "timestamp": self.stamp,
+                "interrupted": self.interrupted,
+                "mode": self.options.mode,
+                "aborted": self.run.engine.fatal,
+            },
+        )
+
+    def _fill_from_store(self, task: Any, result: TaskResult) -> None:
+        """Cases not run in this session (deselected by --lf or -k) are judged from the saved
+        predictions, so the summary always covers the whole dataset."""
+        missing = [c for c in task.cases if c.id not in result.cases]
+        if not missing:
+            return
+        saved = load_predictions(
+            self.run.work.predictions_file(task.model.name, task.dataset.config.name)
+        )
+        if not saved:
+            return
+        state = self.run.states[task.key]
+        for case in missing:
+            jobs = state.jobs_for(case, task.model.model)
+            records = []
+            for job in jobs:
+                for sample in range(job.first, job.first + job.count):
+                    record = saved.get((case.id, sample))
+                    if record is None or record.get("hash") != job.hash:
+                        break
+                    records.append(record)
+            if len(records) == task.samples:
+                result.cases[case.id] = judge_case(
+                    task.dataset.evaluator, case.reference, records, self.options.mode
+                )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if is_worker(self.config) or not self.results:
+            return
+        tr = terminalreporter
+        results = [self.results[t.key] for t in self.run.tasks if t.key in self.results]
+        header, rows = build_rows(results)
+        tr.write_sep("=", "servebench summary")
+        for line in render_text(header, rows).splitlines():
+            tr.write_line(line)
+        for r in results:
+            if not r.complete:
+                figures = r.figures()
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items()) or "no figures"
+                tr.write_line(
+                    f"partial: {r.key} has {r.evaluated} of {len(r.case_ids)} cases "
+                    f"evaluated ({shown} over those only); the table shows '-'",
+                    yellow=True,
+                )
+        if self.run.engine.fatal:
+            tr.write_line(f"aborted: {self.run.engine.fatal}", red=True, bold=True)
+        if self.interrupted or self.run.engine.fatal or any(not r.complete for r in results):
+            tr.write_line(f"resume: pytest {' '.join(self._resume_args())}", bold=True)
+        if getattr(self, "finish_error", None):
+            tr.write_line(f"error: {self.finish_error}", red=True)
+        tr.write_line(f"work dir: {self.run.work.root}")
+        for path in getattr(self, "summary_files", []):
+            if path.suffix == ".csv":
+                tr.write_line(f"summary: {path.with_suffix('')}.{{csv,md,txt,json}}")
+
+    def _resume_args(self) -> list[str]:
+        o = self.options
+        args = [
+            "--sb-models",
+            *o.models,
+            "--sb-datasets",
+            *o.datasets,
+            "--sb-work-dir",
+            str(self.run.work.root.parent),
+            "--sb-reuse",
+            self.run.work.timestamp,
+        ]
+        for s in o.suites:
+            args += ["--sb-suites", s]
+        for s in o.overrides:
+            args += ["--sb-set", redactor(s)]
+        if o.limit:
+            args += ["--sb-limit", str(o.limit)]
+        return args

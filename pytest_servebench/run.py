@@ -1,0 +1,208 @@
+"""One evaluation run as seen by one pytest process: configs, tasks, work dir, engine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import DatasetConfig, ModelConfig
+from .datasets import Case, Dataset
+from .engine import Engine, Job, RunAborted, TaskRun
+from .request_body import build_body, generation_kwargs, request_hash
+from .scoring import judge_case
+from .secrets import is_secret_header, redactor
+from .store import PredictionWriter, WorkDir, load_predictions
+
+if TYPE_CHECKING:
+    from .items import CaseItem
+
+log = logging.getLogger("servebench")
+
+
+@dataclass
+class Options:
+    models: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    suites: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    work_dir: str = "outputs/default"
+    datasets_dir: str = "datasets"
+    limit: int | None = None
+    mode: str = "all"
+    reuse: str | None = None
+    resend: bool = False
+
+
+@dataclass
+class Task:
+    model: ModelConfig
+    dataset: Dataset
+
+    @property
+    def key(self) -> str:
+        return f"{self.model.name}/{self.dataset.config.name}"
+
+    @property
+    def cases(self) -> list[Case]:
+        return self.dataset.cases
+
+    @property
+    def samples(self) -> int:
+        return self.model.num_samples
+
+
+class TaskState:
+    """Per-process state of a task: its submission to the engine and the saved predictions."""
+
+    def __init__(self, task: Task, run: Run):
+        self.task = task
+        self.run = run
+        self.handle: TaskRun | None = None
+        self.ready: dict[str, list[dict[str, Any]]] = {}
+        self.started = False
+
+    @cached_property
+    def saved(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return load_predictions(self.run.work.predictions_file(*self.file_key))
+
+    @property
+    def file_key(self) -> tuple[str, str]:
+        return self.task.model.name, self.task.dataset.config.name
+
+    def jobs_for(self, case: Case, model_name: str) -> list[Job]:
+        task = self.task
+        prompt = task.dataset.render(case)
+        kwargs = generation_kwargs(task.model, task.dataset.config.generation_kwargs)
+        k = task.samples
+        n = k if k > 1 and task.model.supports_n else 1
+        body = build_body(task.model, model_name, prompt, kwargs, n=n)
+        # Hashed with the configured model name, so that any process (the controller too)
+        # can check a saved prediction without asking the server which model it serves.
+        digest = request_hash(task.model.type, {**body, "model": task.model.model})
+        if n > 1:
+            return [Job(case.id, 0, k, body, digest)]
+        return [Job(case.id, s, 1, body, digest) for s in range(k)]
+
+    def start(self, items: list[CaseItem]) -> None:
+        """Submit every selected case of this task, in item order, reusing saved answers."""
+        self.started = True
+        mode = self.run.options.mode
+        cases = [item.case for item in items]
+        if mode == "eval":
+            for case in cases:
+                self.ready[case.id] = self._saved_records(case, None)
+            return
+        engine = self.run.engine
+        model_name = engine.model_name(self.task.model)
+        to_send: list[str] = []
+        by_id: dict[str, Case] = {}
+        for case in cases:
+            if not self.run.options.resend and self.saved:
+                jobs = self.jobs_for(case, model_name)
+                records = self._reusable(jobs)
+                if records is not None:
+                    self.ready[case.id] = records
+                    continue
+            to_send.append(case.id)
+            by_id[case.id] = case
+        if to_send:
+            writer = PredictionWriter(self.run.work.predictions_file(*self.file_key))
+            self.handle = engine.start(
+                self.task.key,
+                self.task.model,
+                writer,
+                self.task.samples,
+                to_send,
+                lambda cid: self.jobs_for(by_id[cid], model_name),
+            )
+        self.saved.clear()  # what we need was copied out; free the memory
+
+    def _reusable(self, jobs: list[Job]) -> list[dict[str, Any]] | None:
+        records: list[dict[str, Any]] = []
+        for job in jobs:
+            for sample in range(job.first, job.first + job.count):
+                record = self.saved.get((job.case_id, sample))
+                if record is None or not record.get("ok") or record.get("hash") != job.hash:
+                    return None
+                records.append(record)
+        return records
+
+    def _saved_records(self, case: Case, _: Any) -> list[dict[str, Any]]:
+        records = []
+        for sample in range(self.task.samples):
+            record = self.saved.get((case.id, sample))
+            if record is None:
+                record = {
+                    "case": case.id,
+                    "sample": sample,
+                    "ok": False,
+                    "error": "no saved prediction for this case in "
+                    f"{self.run.work.root}; run with --sb-mode all or infer first",
+                }
+            records.append(record)
+        return records
+
+    def records_for(self, item: CaseItem) -> list[dict[str, Any]]:
+        if not self.started:
+            self.start(self.run.items_of(self.task))
+        case_id = item.case.id
+        if case_id in self.ready:
+            return self.ready.pop(case_id)
+        if self.run.engine.fatal:
+            raise RunAborted(self.run.engine.fatal)
+        assert self.handle is not None, f"{case_id} was neither reused nor submitted"
+        future = self.handle.futures[case_id]
+        records = future.result()
+        del self.handle.futures[case_id]  # only after it resolved: the engine looks it up
+        return records
+
+    def judge(self, case: Case, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return judge_case(
+            self.task.dataset.evaluator, case.reference, records, self.run.options.mode
+        )
+
+
+class Run:
+    """What one pytest process knows of the evaluation."""
+
+    def __init__(
+        self,
+        options: Options,
+        models: list[ModelConfig],
+        datasets: list[DatasetConfig],
+        work: WorkDir,
+        datasets_dir: Path,
+    ):
+        self.options = options
+        self.work = work
+        self.models = models
+        self.dataset_configs = datasets
+        self.datasets = {d.name: Dataset(d, datasets_dir, options.limit) for d in datasets}
+        self.tasks = [Task(m, self.datasets[d.name]) for m in models for d in datasets]
+        self.states = {t.key: TaskState(t, self) for t in self.tasks}
+        self.engine = Engine(self._headers)
+        self._items: list[CaseItem] = []
+        for model in models:
+            redactor.add(model.api_key())
+            for name, value in model.resolved_headers().items():
+                if is_secret_header(name):
+                    redactor.add(value)
+
+    def _headers(self, model: ModelConfig) -> dict[str, str]:
+        headers = model.resolved_headers()
+        key = model.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def set_items(self, items: list[CaseItem]) -> None:
+        self._items = items
+
+    def items_of(self, task: Task) -> list[CaseItem]:
+        return [i for i in self._items if i.collector.task is task]
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,170 @@
+"""Find model and dataset configs by name across suite folders; report near matches."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DatasetConfig, ModelConfig, apply_override, build, near_matches
+from .errors import ConfigError, ServebenchError
+from .yamlio import load_yaml, parse_scalar
+
+BUILTIN_SUITES = Path(__file__).parent / "suites"
+KINDS = ("model", "dataset")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    path: Path
+    origin: str  # "--sb-suites", "rootdir", "built-in"
+
+
+def _kind_of(path: Path, raw: Any) -> str | None:
+    if isinstance(raw, dict) and raw.get("kind") in (*KINDS, "gate"):
+        return raw["kind"]
+    for parent in path.parents:
+        if parent.name in ("models", "datasets"):
+            return parent.name[:-1]
+    return None
+
+
+class SuiteIndex:
+    """All configs visible from the given folders, first folder wins on a name clash."""
+
+    def __init__(self, folders: Sequence[tuple[Path, str]]):
+        self.folders = [(Path(f), origin) for f, origin in folders]
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._raw_cache: dict[Path, Any] = {}
+        self.shadowed: list[tuple[Entry, Entry]] = []
+        for folder, origin in self.folders:
+            for path in sorted(folder.rglob("*.yaml")) + sorted(folder.rglob("*.yml")):
+                self._index(path, origin)
+
+    def _index(self, path: Path, origin: str) -> None:
+        raw = self._load(path)
+        kind = _kind_of(path, raw)
+        if kind not in KINDS:
+            return
+        names = [path.stem]
+        if isinstance(raw, dict) and isinstance(raw.get("aliases"), list):
+            names += [str(a) for a in raw["aliases"]]
+        for name in names:
+            entry = Entry(kind, name, path, origin)
+            key = (kind, name)
+            if key in self._entries:
+                self.shadowed.append((self._entries[key], entry))
+                continue
+            self._entries[key] = entry
+
+    def _load(self, path: Path) -> Any:
+        if path not in self._raw_cache:
+            self._raw_cache[path] = load_yaml(path)
+        return self._raw_cache[path]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(name for k, name in self._entries if k == kind)
+
+    def entries(self) -> list[Entry]:
+        return sorted(self._entries.values(), key=lambda e: (e.kind, e.name))
+
+    def find(self, kind: str, name: str) -> Entry:
+        explicit = Path(name)
+        if name.endswith((".yaml", ".yml")) and explicit.is_file():
+            return Entry(kind, explicit.stem, explicit.resolve(), "path")
+        entry = self._entries.get((kind, name))
+        if entry is None:
+            raise ServebenchError(self.unknown_message(kind, name))
+        return entry
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        known = self.names(kind)
+        close = near_matches(name, known)
+        msg = f"unknown {kind} config {name!r}."
+        if close:
+            msg += f" Did you mean: {', '.join(close)}?"
+        msg += (
+            f" Run `pytest --sb-search` to list all {len(known)} {kind} configs; add your own "
+            f"as YAML files under a suites/ folder (or --sb-suites DIR)."
+        )
+        return msg
+
+    def raw(self, entry: Entry) -> dict[str, Any]:
+        raw = self._load(entry.path)
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping of config fields at the top level", entry.path, 1)
+        return copy.deepcopy(raw)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, list[tuple[list[str], Any]]]:
+    """`NAME.FIELD.SUB=VALUE` -> {NAME: [([FIELD, SUB], value)]}."""
+    out: dict[str, list[tuple[list[str], Any]]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        parts = target.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ServebenchError(
+                f"--sb-set {item!r}: expected NAME.FIELD=VALUE, for example "
+                f"vllm_chat.generation_kwargs.temperature=0.7"
+            )
+        out.setdefault(parts[0], []).append((parts[1:], parse_scalar(value)))
+    return out
+
+
+def load_configs(
+    index: SuiteIndex,
+    model_names: Sequence[str],
+    dataset_names: Sequence[str],
+    overrides: dict[str, list[tuple[list[str], Any]]],
+) -> tuple[list[ModelConfig], list[DatasetConfig]]:
+    models = [_load_one(index, "model", n, ModelConfig, overrides) for n in model_names]
+    datasets = [_load_one(index, "dataset", n, DatasetConfig, overrides) for n in dataset_names]
+    used = {m.name for m in models} | {d.name for d in datasets}
+    for target in overrides:
+        if target not in used:
+            close = near_matches(target, used)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ServebenchError(
+                f"--sb-set names {target!r}, which is not a selected model or "
+                f"dataset ({', '.join(sorted(used)) or 'none selected'}).{hint}"
+            )
+    for kind, configs in (("model", models), ("dataset", datasets)):
+        abbrs = [c.abbr for c in configs]
+        dupes = {a for a in abbrs if abbrs.count(a) > 1}
+        if dupes and kind == "model":
+            raise ServebenchError(
+                f"two selected {kind} configs share the abbr {sorted(dupes)}: "
+                f"give each its own `abbr`"
+            )
+    return models, datasets
+
+
+def _load_one(
+    index: SuiteIndex,
+    kind: str,
+    name: str,
+    cls: type,
+    overrides: dict[str, list[tuple[list[str], Any]]],
+) -> Any:
+    entry = index.find(kind, name)
+    raw = index.raw(entry)
+    for dotted, value in overrides.get(name, []):
+        apply_override(raw, dotted, value)
+    return build(cls, name, str(entry.path), raw)
+
+
+def search_table(index: SuiteIndex, kinds: Sequence[str] = KINDS, pattern: str = "") -> str:
+    rows = [
+        (e.kind, e.name, str(e.path))
+        for e in index.entries()
+        if e.kind in kinds and pattern.lower() in e.name.lower()
+    ]
+    header = ("kind", "name", "file")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)

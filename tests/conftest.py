@@ -1,0 +1,58 @@
+"""Shared fixtures: mock OpenAI-compatible servers on loopback and small suites."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_servebench.testing.mockserver import MockServer, dataset_responder, load_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+DEMO_DATA = REPO / "pytest_servebench" / "data" / "gsm8k_demo" / "test.jsonl"
+
+
+@pytest.fixture
+def demo_records() -> list[dict]:
+    return load_jsonl(DEMO_DATA)
+
+
+@pytest.fixture
+def gsm8k_server(demo_records: list[dict]) -> Iterator[MockServer]:
+    """Answers the demo GSM8K questions, right with probability 0.6 (deterministic per case)."""
+    with MockServer(dataset_responder(demo_records, p_correct=0.6, seed=1)) as server:
+        yield server
+
+
+def truth_fraction(records: list[dict], p_correct: float, seed: int) -> float:
+    from pytest_servebench.testing.mockserver import is_correct
+
+    right = sum(is_correct(r["question"], 0, p_correct, seed) for r in records)
+    return right / len(records)
+
+
+def write_suite(root: Path, name: str, text: str, kind: str = "datasets") -> Path:
+    path = root / "suites" / kind / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def summary_json(workdir_base: Path) -> dict:
+    runs = sorted(p for p in workdir_base.iterdir() if p.is_dir())
+    files = sorted((runs[-1] / "summary").glob("summary_*.json"))
+    return json.loads(files[-1].read_text())
+
+
+def completion_requests(server) -> int:
+    """POSTs to /chat/completions or /completions (GET /models is not a completion)."""
+    return sum(n for path, n in server.stats.requests.items() if path.endswith("completions"))
