@@ -53,6 +53,13 @@ class CaseItem(pytest.Item):
         state = self.collector.state
         self.records = state.records_for(self)
         self.verdict = state.judge(self.case, self.records)
+        # JUnit properties: --junitxml shows each case's score, answer and reference.
+        self.user_properties += [
+            ("score", sum(self.verdict["scores"]) / len(self.verdict["scores"])
+             if self.verdict["scores"] else 0.0),
+            ("extracted", str(self.verdict["extracted"])),
+            ("reference", self.verdict["reference"]),
+        ]
         if self.verdict["status"] == "error":
             raise RequestError(self.verdict["error"])
 
@@ -103,3 +110,14 @@ class CaseItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.collector.task.key}::{self.case.id}"
+
+    def details(self) -> dict[str, Any]:
+        """What a report shows of the case beyond its verdict (untrusted model text)."""
+        from .datasets import prompt_preview
+
+        task = self.collector.task
+        return {
+            "prompt": prompt_preview(task.dataset.render(self.case)),
+            "outputs": [r.get("content") or "" for r in self.records],
+            "reasonings": [r.get("reasoning") or "" for r in self.records],
+        }

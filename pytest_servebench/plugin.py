@@ -92,6 +92,9 @@ class ServebenchPlugin:
             datasets_dir = config.invocation_params.dir / datasets_dir
         self.run = Run(options, models, datasets, work, datasets_dir.resolve())
         self.results: dict[str, TaskResult] = {}
+        self.finished: list[TaskResult] = []  # set before pytest-html's trylast sessionfinish
+        # Reports carry prompts and outputs only when a report will show them (pytest-html).
+        self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False
         self._setup_logging()
         if not is_worker(config):
@@ -269,6 +272,7 @@ class ServebenchPlugin:
             result = self._result_for(task.key)
             self._fill_from_store(task, result)
         results = [self.results[t.key] for t in self.run.tasks]
+        self.finished = results
         for result in results:
             write_json(
                 self.run.work.results_file(result.model_name, result.dataset_name), result.to_json()

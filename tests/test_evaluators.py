@@ -32,7 +32,8 @@ STRIP_CASES = [
     ("Let me compute 16-3-4 = 9.\n</think>\n\n#### 18", "#### 18"),
     ("first</think>second</think>third", "third"),
     # unclosed block (cut while thinking) and plain text: left alone
-    ("<think>still thinking about 42", "<think>still thinking about 42"),
+    ("<think>still thinking about 42", ""),
+    ("Sure. <think>cut while thinking 42", "Sure."),
     ("  plain answer 7  ", "  plain answer 7  "),
     ("", ""),
     ("<think></think>", ""),
@@ -47,7 +48,7 @@ def test_strip_reasoning(text, expected):
 def test_strip_reasoning_huge_is_linear():
     text = "<think>" * 50_000 + "x" * 100_000
     start = time.perf_counter()
-    assert strip_reasoning(text) == text
+    assert strip_reasoning(text) == ""
     text2 = ("<think>" + "y" * 10 + "</think>") * 20_000 + "42"
     assert strip_reasoning(text2) == "42"
     assert time.perf_counter() - start < 0.5

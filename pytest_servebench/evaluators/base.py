@@ -61,15 +61,17 @@ def strip_reasoning(text: str) -> str:
       ``extract_non_reasoning_content``) and the rest is stripped of surrounding whitespace.
     * A closing ``</think>`` without an opening one (the chat template put ``<think>`` in the
       prompt) keeps only what follows the last such closing tag.
-    * Text without reasoning tags, or with an unclosed ``<think>`` (the output was cut while
-      thinking), is returned unchanged.
+    * An unclosed ``<think>`` (the output was cut while thinking) drops everything from it
+      on: a number in unfinished reasoning is not an answer, so such an output is unparsable
+      rather than scored on a guess (lm-evaluation-harness #3244).
 
     Linear in the length of the text (plain ``str.find``, no regex backtracking).
     """
     if not isinstance(text, str):
         return "" if text is None else str(text)
     if THINK_END not in text:
-        return text
+        start = text.find(THINK_START)
+        return text if start < 0 else text[:start].strip()
     pieces: list[str] = []
     pos = 0
     while True:
@@ -78,8 +80,8 @@ def strip_reasoning(text: str) -> str:
             pieces.append(text[pos:])
             break
         end = text.find(THINK_END, start + len(THINK_START))
-        if end < 0:  # unclosed block: leave it (and what follows) alone
-            pieces.append(text[pos:])
+        if end < 0:  # unclosed block: the reply was cut while thinking
+            pieces.append(text[pos:start])
             break
         pieces.append(text[pos:start])
         pos = end + len(THINK_END)
