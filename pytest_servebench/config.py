@@ -115,6 +115,8 @@ class ModelConfig:
             raise ConfigError(
                 "base_url must name at least one URL", self.source, line_of(raw, "base_url")
             )
+        if self.launch is not None:
+            self.launch = validate_launch(self, raw)
 
     @property
     def base_urls(self) -> list[str]:
@@ -133,6 +135,107 @@ class ModelConfig:
     def resolved_headers(self) -> dict[str, str]:
         """Headers with ${ENV} references expanded (values are secrets: never log them)."""
         return {k: _expand_env(str(v)) for k, v in self.headers.items()}
+
+
+LAUNCH_DEFAULTS: dict[str, Any] = {
+    "env": {},
+    "cwd": None,
+    "host": "127.0.0.1",
+    "port": "auto",
+    "ready_url": "{base_url}/models",
+    "startup_timeout": 300.0,
+    "stop_grace": 10.0,
+    "requires": [],
+    "hint": "",
+}
+_LAUNCH_FIELDS = ("command", *LAUNCH_DEFAULTS)
+
+
+def validate_launch(model: ModelConfig, raw: Any) -> dict[str, Any]:
+    """Check a model's `launch` section (the server the plugin starts and stops itself) and
+    return it normalized: command a list of arguments, every field present."""
+    import shlex
+
+    launch = model.launch or {}
+    section = raw.get("launch") if isinstance(raw, dict) else None
+    source = model.source
+
+    def fail(message: str, key: str | None = None) -> ConfigError:
+        line = line_of(section, key) if key and section is not None else None
+        return ConfigError(f"launch: {message}", source, line or line_of(raw, "launch"))
+
+    for key in launch:
+        if key not in _LAUNCH_FIELDS:
+            hint = near_matches(str(key), list(_LAUNCH_FIELDS))
+            suggestion = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise fail(
+                f"unknown field {key!r}{suggestion} (fields: {', '.join(_LAUNCH_FIELDS)})", key
+            )
+    out: dict[str, Any] = {**LAUNCH_DEFAULTS, **launch}
+    command = out.get("command")
+    if isinstance(command, str):
+        try:
+            command = shlex.split(command)
+        except ValueError as exc:
+            raise fail(f"command: cannot split into arguments ({exc})", "command") from None
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in command)
+    ):
+        raise fail(
+            "`command` must be the server command, a string or a list of arguments, "
+            'e.g. ["{python}", -m, llama_cpp.server, --port, "{port}"]',
+            "command" if "command" in launch else None,
+        )
+    out["command"] = [str(a) for a in command]
+    env = out["env"]
+    if not isinstance(env, dict) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in env.values()
+    ):
+        raise fail("`env` must map variable names to strings or numbers", "env")
+    out["env"] = {str(k): str(v) for k, v in env.items()}
+    for key in ("cwd", "host", "ready_url", "hint"):
+        value = out[key]
+        if key == "cwd" and value is None:
+            continue
+        if not isinstance(value, str) or (key in ("host", "ready_url") and not value):
+            raise fail(f"`{key}` must be a string", key)
+    port = out["port"]
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if port != "auto" and not (isinstance(port, int) and not isinstance(port, bool)):
+        raise fail(f'`port` must be "auto" or a port number, got {port!r}', "port")
+    if isinstance(port, int) and not 0 < port < 65536:
+        raise fail(f"`port` must be between 1 and 65535, got {port}", "port")
+    out["port"] = port
+    for key in ("startup_timeout", "stop_grace"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise fail(f"`{key}` must be a number of seconds (0 or more), got {value!r}", key)
+        out[key] = float(value)
+    requires = out["requires"]
+    if isinstance(requires, str):
+        requires = [requires]
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise fail("`requires` must be a list of Python module names", "requires")
+    out["requires"] = requires
+    urls = model.base_urls
+    if len(urls) != 1:
+        raise ConfigError(
+            "launch starts one server, so base_url must be one URL (e.g. "
+            "http://{host}:{port}/v1), not a list",
+            source,
+            line_of(raw, "base_url"),
+        )
+    if port == "auto" and "{port}" not in urls[0]:
+        raise ConfigError(
+            'with launch port "auto", base_url must contain {port} '
+            "(e.g. http://{host}:{port}/v1) so requests reach the server that was started",
+            source,
+            line_of(raw, "base_url"),
+        )
+    return out
 
 
 @dataclass

@@ -55,8 +55,12 @@ class CaseItem(pytest.Item):
         self.verdict = state.judge(self.case, self.records)
         # JUnit properties: --junitxml shows each case's score, answer and reference.
         self.user_properties += [
-            ("score", sum(self.verdict["scores"]) / len(self.verdict["scores"])
-             if self.verdict["scores"] else 0.0),
+            (
+                "score",
+                sum(self.verdict["scores"]) / len(self.verdict["scores"])
+                if self.verdict["scores"]
+                else 0.0,
+            ),
             ("extracted", str(self.verdict["extracted"])),
             ("reference", self.verdict["reference"]),
         ]

@@ -11,6 +11,7 @@ import pytest
 
 from . import options as opts
 from .aggregate import TaskResult
+from .engine import RunAborted
 from .errors import ServebenchError
 from .items import NODE_PREFIX, CaseItem, TaskCollector
 from .run import Run
@@ -206,6 +207,13 @@ class ServebenchPlugin:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
+        if (
+            isinstance(item, CaseItem)
+            and call.excinfo is not None
+            and isinstance(call.excinfo.value, RunAborted)
+        ):
+            # One clear stop, not thousands of identical errors.
+            item.session.shouldfail = "servebench run aborted (reason in the summary below)"
         if isinstance(item, CaseItem) and item.verdict is not None:
             concluded = (call.when == "call") or (
                 call.when == "setup" and report.outcome != "passed"
@@ -217,10 +225,6 @@ class ServebenchPlugin:
                     **item.verdict,
                 }
         return report
-
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if isinstance(item, CaseItem) and self.run.engine.fatal:
-            item.session.shouldfail = self.run.engine.fatal
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if is_worker(self.config):
@@ -255,8 +259,6 @@ class ServebenchPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.run.close()
-        if self.run.engine.fatal and not session.shouldfail:
-            session.shouldfail = self.run.engine.fatal
         if is_worker(self.config):
             return
         if exitstatus == pytest.ExitCode.INTERRUPTED:
