@@ -258,6 +258,13 @@ class DatasetConfig:
     aliases: list[str] = field(default_factory=list)
     description: str = ""
     builtin_data: bool = False
+    # Sub-datasets (one task per subset, or one merged task): see datasets.SubsetSpec.
+    subsets: dict[str, Any] | None = None
+    # A record field holding a list of options: exposed to the prompt as {A}, {B}, ... and
+    # {options} ("A. ...\nB. ..."); an answer given as the option's text becomes its letter.
+    choices_field: str | None = None
+    # Restore LaTeX commands whose backslash was read as a JSON escape (\f, \t, \b ...).
+    repair_latex: bool = False
 
     _types: ClassVar[dict[str, Any]] = {
         "abbr": str,
@@ -276,6 +283,9 @@ class DatasetConfig:
         "aliases": list,
         "description": str,
         "builtin_data": bool,
+        "subsets": (dict, NoneType),
+        "choices_field": (str, NoneType),
+        "repair_latex": bool,
     }
 
     def validate(self, raw: Any) -> None:
@@ -306,6 +316,10 @@ class DatasetConfig:
                         self.source,
                         line_of(raw, "prompt"),
                     )
+        if self.subsets is not None:
+            from .datasets import check_subsets
+
+            check_subsets(self, line_of(raw, "subsets"))
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

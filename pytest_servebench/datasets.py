@@ -1,13 +1,29 @@
-"""Dataset readers, prompt rendering and few-shot: records become cases."""
+"""Dataset readers, prompt rendering, few-shot and sub-datasets: records become cases.
+
+A dataset config names a data file (jsonl, json, csv, parquet) under the datasets dir, a prompt
+with ``{field}`` placeholders, optional few-shot examples and an evaluator. Three extras:
+
+* ``subsets``: one data file per subset (``path: mmlu/test/{subset}_test.csv``). By default each
+  subset is its own task (config name ``<name>/<subset>``, summary row per subset plus group
+  averages); with ``--sb-merge-ds`` one merged task covers them all (case ids
+  ``<subset>.<id>``). Every record of a subset gets the fields ``{subset}``, ``{subset_text}``
+  (underscores as spaces) and the subset's own fields from the config, for the prompt.
+* ``choices_field``: a field holding a list of options, shown to the prompt as ``{A}``, ``{B}``,
+  ... and ``{options}``; an answer given as the option's text becomes its letter.
+* ``repair_latex``: restore LaTeX commands whose backslash a JSON writer read as an escape
+  (``"\\frac"`` written unescaped becomes form feed + ``rac``).
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+import string
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,10 +34,15 @@ from .errors import ConfigError, DatasetMissingError
 from .evaluators import Evaluator, get_evaluator
 
 PACKAGE_DATA = Path(__file__).parent / "data"
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+_SUBSET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 Prompt = str | list[dict[str, str]]
+
+#: Parent config name -> group abbr, for the summary's average rows of split sub-datasets.
+SUBSET_GROUPS: dict[str, str] = {}
 
 
 @dataclass(slots=True)
@@ -33,6 +54,7 @@ class Case:
     index: int
     record: dict[str, Any]
     reference: str
+    subset: str | None = None
 
 
 def fill(template: str, record: dict[str, Any]) -> str:
@@ -123,14 +145,205 @@ def read_records(
             yield i + 1, record
 
 
-class Dataset:
-    """A dataset config bound to its data: cases, prompt rendering, evaluator and version."""
+# -- LaTeX escape repair -----------------------------------------------------------------------
 
-    def __init__(self, config: DatasetConfig, datasets_dir: Path, limit: int | None = None):
+#: Bump when the repair rules change (feeds the dataset version).
+REPAIR_VERSION = 1
+# Control characters that never stand in text: a JSON "\f" / "\b" meant as LaTeX.
+_CONTROL_ESCAPES = str.maketrans({"\x0c": "\\f", "\x08": "\\b"})
+# TAB and CR are real whitespace, so only when a LaTeX command name follows (the escape ate the
+# command's first letter: "\triangle" became TAB + "riangle").
+_WHITESPACE_ESCAPE = re.compile(
+    r"\t(?=(?:riangle|imes|ext(?:bf|it|rm|style)?|heta|frac|ilde|imes|an|au)(?![A-Za-z]))"
+    r"|\r(?=(?:ight(?:arrow)?|angle|ho|floor|ceil|m)(?![A-Za-z]))"
+)
+
+
+def repair_latex(text: str) -> str:
+    """``"\\x0crac{1}{2}"`` -> ``"\\\\frac{1}{2}"``; TAB + ``riangle`` -> ``\\\\triangle``."""
+    if "\x0c" in text or "\x08" in text:
+        text = text.translate(_CONTROL_ESCAPES)
+    if "\t" in text or "\r" in text:
+        text = _WHITESPACE_ESCAPE.sub(lambda m: "\\t" if m.group() == "\t" else "\\r", text)
+    return text
+
+
+def _repair_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return repair_latex(value)
+    if isinstance(value, list):
+        return [_repair_value(v) for v in value]
+    return value
+
+
+# -- sub-datasets --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """The subsets of a config: names in run order, per-subset prompt fields, abbr pattern.
+
+    In YAML::
+
+        subsets:
+          names: [abstract_algebra, anatomy]      # or a mapping name -> {field: value}
+          # file: ceval/subject_mapping.json      # instead of names: a JSON list / mapping or a
+          # fields: [subject, subject_zh, category]  # .txt file (one name a line); `fields`
+          #                                       # names the items of list-valued entries
+          abbr: lukaemon_mmlu_{subset}            # summary row name (default <abbr>_{subset})
+    """
+
+    names: tuple[str, ...]
+    fields: Mapping[str, Mapping[str, Any]]
+    abbr: str
+
+
+_SUBSET_KEYS = ("names", "file", "fields", "abbr")
+
+
+def check_subsets(config: DatasetConfig, line: int | None) -> None:
+    """Structural checks of `subsets:` (names that need the datasets dir come later)."""
+    spec = config.subsets or {}
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"subsets: {message}", config.source, line)
+
+    unknown = [k for k in spec if k not in _SUBSET_KEYS]
+    if unknown:
+        fail(f"unknown key {unknown[0]!r} (keys: {', '.join(_SUBSET_KEYS)})")
+    if ("names" in spec) == ("file" in spec):
+        fail("give exactly one of `names` (a list or mapping) or `file` (a file listing them)")
+    names = spec.get("names")
+    if names is not None:
+        if isinstance(names, Mapping):
+            for name, fields in names.items():
+                if fields is not None and not isinstance(fields, Mapping):
+                    fail(f"the fields of subset {name!r} must be a mapping, got {fields!r}")
+            names = list(names)
+        if not isinstance(names, list) or not names:
+            fail("`names` must be a non-empty list or mapping of subset names")
+        _check_names([str(n) for n in names], fail)
+    if "file" in spec and not isinstance(spec["file"], str):
+        fail("`file` must be a path relative to the datasets dir")
+    if "fields" in spec and not (
+        isinstance(spec["fields"], list) and all(isinstance(f, str) for f in spec["fields"])
+    ):
+        fail("`fields` must be a list of field names")
+    abbr = spec.get("abbr")
+    if abbr is not None and (not isinstance(abbr, str) or "{subset}" not in abbr):
+        fail("`abbr` must be a string containing {subset}, e.g. ceval-{subset}")
+    if "{subset}" not in config.path:
+        raise ConfigError(
+            "a dataset with `subsets` needs {subset} in `path` (e.g. mmlu/test/{subset}_test.csv)",
+            config.source,
+            line,
+        )
+
+
+def _check_names(names: list[str], fail: Any) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if not _SUBSET_NAME.fullmatch(name):
+            fail(f"subset name {name!r} may only hold letters, digits, '_', '.' and '-'")
+        if name in seen:
+            fail(f"subset {name!r} is listed twice")
+        seen.add(name)
+
+
+def load_subsets(config: DatasetConfig, datasets_dir: Path) -> SubsetSpec:
+    spec = config.subsets or {}
+    abbr = str(spec.get("abbr") or f"{config.abbr}_{{subset}}")
+    raw: Any = spec.get("names")
+    if raw is None:
+        path = Path(str(spec["file"])).expanduser()
+        if not path.is_absolute():
+            path = datasets_dir / path
+        if not path.is_file():
+            raise DatasetMissingError(
+                f"dataset {config.name!r} lists its subsets in {path}, which does not exist. "
+                + _download_hint(config, datasets_dir)
+            )
+        raw = _read_subset_file(path, spec.get("fields"), config)
+    fields: dict[str, dict[str, Any]] = {}
+    if isinstance(raw, Mapping):
+        for name, extra in raw.items():
+            fields[str(name)] = dict(extra or {})
+        names = [str(n) for n in raw]
+    else:
+        names = [str(n) for n in raw]
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"subsets: {message}", config.source)
+
+    _check_names(names, fail)
+    return SubsetSpec(tuple(names), fields, abbr)
+
+
+def _read_subset_file(path: Path, field_names: list[str] | None, config: DatasetConfig) -> Any:
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+        if isinstance(data, dict):
+            out = {}
+            for name, value in data.items():
+                if isinstance(value, list):
+                    names = field_names or [f"subset_field{i}" for i in range(len(value))]
+                    value = dict(zip(names, value))
+                out[name] = value if isinstance(value, dict) else {"subset_value": value}
+            return out
+        if isinstance(data, list):
+            return data
+        raise ConfigError("expected a JSON list of subset names or a mapping", path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _with_subset(text: str, subset: str | None) -> str:
+    return text if subset is None else text.replace("{subset}", subset)
+
+
+def _download_hint(config: DatasetConfig, datasets_dir: Path) -> str:
+    top = Path(config.path).parts[0] if Path(config.path).parts else config.path
+    msg = (
+        f"Get it with `python -m pytest_servebench download {top} --to {datasets_dir}`, "
+        "or put the files there yourself"
+    )
+    if config.data_source:
+        msg += f" (source: {config.data_source})"
+    return (
+        msg + ". The datasets dir comes from --sb-datasets-dir, the ini option sb_datasets_dir, "
+        "or $SERVEBENCH_DATASETS (default ./datasets)."
+    )
+
+
+# -- the dataset ---------------------------------------------------------------------------------
+
+
+class Dataset:
+    """A dataset config bound to its data: cases, prompt rendering, evaluator and version.
+
+    A config with ``subsets`` gives either one Dataset per subset (``subset`` set; built by
+    :func:`expand`) or one merged Dataset over all of them (``subset`` None)."""
+
+    def __init__(
+        self,
+        config: DatasetConfig,
+        datasets_dir: Path,
+        limit: int | None = None,
+        *,
+        subset: str | None = None,
+        group: tuple[str, str] | None = None,
+    ):
         self.config = config
         self.datasets_dir = datasets_dir
         self.limit = limit
+        self.subset = subset
+        #: (parent config name, group abbr) of a subset task; None otherwise.
+        self.group = group
         self.evaluator: Evaluator = self._evaluator()
+        self._shots: dict[str | None, list[dict[str, Any]]] = {}
 
     def _evaluator(self) -> Evaluator:
         try:
@@ -138,61 +351,133 @@ class Dataset:
         except ValueError as exc:
             raise ConfigError(f"evaluator: {exc}", self.config.source) from None
 
+    # -- where the data is -------------------------------------------------------------------
+    @cached_property
+    def subset_spec(self) -> SubsetSpec | None:
+        if not self.config.subsets:
+            return None
+        return load_subsets(self.config, self.datasets_dir)
+
+    @property
+    def subset_names(self) -> list[str | None]:
+        """The subsets this dataset covers: [None] without subsets, one when split, all when
+        merged."""
+        if self.subset is not None:
+            return [self.subset]
+        spec = self.subset_spec
+        return list(spec.names) if spec is not None else [None]
+
+    @property
+    def merged(self) -> bool:
+        return self.subset is None and bool(self.config.subsets)
+
+    def resolve(self, relative: str) -> Path:
+        """A data path: absolute as is; ``./x`` or ``../x`` next to the config file; anything
+        else under the datasets dir (the package's own data for ``builtin_data``)."""
+        path = Path(relative).expanduser()
+        if path.is_absolute():
+            return path
+        if self.config.builtin_data:
+            base = PACKAGE_DATA
+        elif relative.startswith(("./", "../")) and Path(self.config.source).is_file():
+            base = Path(self.config.source).parent
+        else:
+            base = self.datasets_dir
+        return (base / path).resolve()
+
+    def path_for(self, subset: str | None) -> Path:
+        return self.resolve(_with_subset(self.config.path, subset))
+
     @property
     def data_path(self) -> Path:
-        base = PACKAGE_DATA if self.config.builtin_data else self.datasets_dir
-        return (base / self.config.path).resolve()
+        return self.path_for(self.subset_names[0])
 
-    def missing_message(self) -> str:
+    @property
+    def data_paths(self) -> list[Path]:
+        return [self.path_for(s) for s in self.subset_names]
+
+    def missing_message(self, path: Path | None = None) -> str:
         cfg = self.config
-        top = Path(cfg.path).parts[0] if Path(cfg.path).parts else cfg.path
-        msg = (
-            f"dataset {cfg.name!r} expects its data file at {self.data_path}, which does not "
-            f"exist. Get it with `python -m pytest_servebench download {top} --to "
-            f"{self.datasets_dir}`, or put the files there yourself"
+        where = path or self.data_path
+        return (
+            f"dataset {cfg.name!r} expects its data file at {where}, which does not exist. "
+            + _download_hint(cfg, self.datasets_dir)
         )
-        if cfg.data_source:
-            msg += f" (source: {cfg.data_source})"
-        msg += (
-            ". The datasets dir comes from --sb-datasets-dir, the ini option sb_datasets_dir, "
-            "or $SERVEBENCH_DATASETS (default ./datasets)."
-        )
-        return msg
+
+    # -- records -----------------------------------------------------------------------------
+    def subset_fields(self, subset: str | None) -> dict[str, Any]:
+        if subset is None:
+            return {}
+        fields: dict[str, Any] = {"subset": subset, "subset_text": subset.replace("_", " ")}
+        spec = self.subset_spec
+        if spec is not None:
+            fields.update(spec.fields.get(subset, {}))
+        return fields
+
+    def _prepare(
+        self, record: dict[str, Any], subset: str | None, path: Path, lineno: int
+    ) -> dict[str, Any]:
+        """What the prompt sees of a record: repaired text, option letters, subset fields."""
+        cfg = self.config
+        if cfg.repair_latex:
+            record = {k: _repair_value(v) for k, v in record.items()}
+        if cfg.choices_field:
+            options = _choices(record, cfg.choices_field, path, lineno)
+            letters = string.ascii_uppercase[: len(options)]
+            for letter, text in zip(letters, options):
+                record.setdefault(letter, text)
+            record.setdefault("options", "\n".join(f"{a}. {t}" for a, t in zip(letters, options)))
+            answer = record.get(cfg.answer_field)
+            if (
+                isinstance(answer, str)
+                and answer.strip() not in letters
+                and answer.strip() in options
+            ):
+                record[cfg.answer_field] = letters[options.index(answer.strip())]
+        for key, value in self.subset_fields(subset).items():
+            record.setdefault(key, value)
+        return record
 
     @cached_property
     def cases(self) -> list[Case]:
-        path = self.data_path
-        if not path.is_file():
-            raise DatasetMissingError(self.missing_message())
         cfg = self.config
         cases: list[Case] = []
         seen: set[str] = set()
-        for index, (lineno, record) in enumerate(read_records(path, cfg.format, cfg.columns)):
-            if self.limit is not None and index >= self.limit:
-                break
-            if cfg.answer_field not in record:
-                raise ConfigError(
-                    f"record has no field {cfg.answer_field!r} (answer_field); its "
-                    f"fields are {', '.join(map(str, record))}",
-                    path,
-                    lineno,
-                )
-            for name in self.placeholders:
-                if name not in record:
+        merged = self.merged
+        placeholders = self.placeholders
+        for subset in self.subset_names:
+            path = self.path_for(subset)
+            if not path.is_file():
+                raise DatasetMissingError(self.missing_message(path))
+            for index, (lineno, record) in enumerate(read_records(path, cfg.format, cfg.columns)):
+                if self.limit is not None and index >= self.limit:
+                    break
+                case_id = self._case_id(index, record, path, lineno)
+                if merged:
+                    case_id = f"{subset}.{case_id}"
+                record = self._prepare(record, subset, path, lineno)
+                if cfg.answer_field not in record:
                     raise ConfigError(
-                        f"the prompt uses {{{name}}} but the record has no such "
-                        f"field; its fields are {', '.join(map(str, record))}",
+                        f"record has no field {cfg.answer_field!r} (answer_field); its "
+                        f"fields are {', '.join(map(str, record))}",
                         path,
                         lineno,
                     )
-            case_id = self._case_id(index, record, path, lineno)
-            if case_id in seen:
-                raise ConfigError(
-                    f"duplicate case id {case_id!r} (id_field {cfg.id_field!r})", path, lineno
-                )
-            seen.add(case_id)
-            reference = self.evaluator.reference(record[cfg.answer_field])
-            cases.append(Case(case_id, index, record, reference))
+                for name in placeholders:
+                    if name not in record:
+                        raise ConfigError(
+                            f"the prompt uses {{{name}}} but the record has no such "
+                            f"field; its fields are {', '.join(map(str, record))}",
+                            path,
+                            lineno,
+                        )
+                if case_id in seen:
+                    raise ConfigError(
+                        f"duplicate case id {case_id!r} (id_field {cfg.id_field!r})", path, lineno
+                    )
+                seen.add(case_id)
+                reference = self.evaluator.reference(record[cfg.answer_field])
+                cases.append(Case(case_id, len(cases), record, reference, subset))
         return cases
 
     def _case_id(self, index: int, record: dict[str, Any], path: Path, lineno: int) -> str:
@@ -217,30 +502,39 @@ class Dataset:
         )
         return {m.group(1) for t in texts for m in _PLACEHOLDER.finditer(t)} - {"fewshot"}
 
-    @cached_property
-    def fewshot_examples(self) -> list[dict[str, Any]]:
+    # -- few-shot ----------------------------------------------------------------------------
+    def fewshot_for(self, subset: str | None) -> list[dict[str, Any]]:
+        """The first k records of the few-shot file (of this subset), prepared like cases."""
+        if subset in self._shots:
+            return self._shots[subset]
         spec = self.config.fewshot
         if not spec:
             return []
-        path = (self.datasets_dir / str(spec["path"])).resolve()
+        path = self.resolve(_with_subset(str(spec["path"]), subset))
         if not path.is_file():
             raise DatasetMissingError(
                 f"few-shot file for dataset {self.config.name!r} not found "
-                f"at {path}. " + self.missing_message()
+                f"at {path}. " + _download_hint(self.config, self.datasets_dir)
             )
         k = int(spec.get("k", 5))
-        records = [
-            r
-            for _, r in read_records(
-                path, spec.get("format", "auto"), spec.get("columns", self.config.columns)
-            )
-        ]
-        return records[:k]
+        shots: list[dict[str, Any]] = []
+        columns = spec.get("columns", self.config.columns)
+        for lineno, record in read_records(path, spec.get("format", "auto"), columns):
+            if len(shots) >= k:
+                break
+            shots.append(self._prepare(record, subset, path, lineno))
+        self._shots[subset] = shots
+        return shots
 
+    @property
+    def fewshot_examples(self) -> list[dict[str, Any]]:
+        return self.fewshot_for(self.subset_names[0])
+
+    # -- prompts -----------------------------------------------------------------------------
     def render(self, case: Case) -> Prompt:
         """The prompt for one case: a string (completions) or chat messages."""
         prompt = self.config.prompt
-        shots = self.fewshot_examples
+        shots = self.fewshot_for(case.subset)
         spec = self.config.fewshot or {}
         if isinstance(prompt, str):
             text = fill(prompt, case.record)
@@ -284,22 +578,100 @@ class Dataset:
         )
         return text.rfind("{" + name + "}")
 
+    # -- version -----------------------------------------------------------------------------
     @cached_property
     def version(self) -> str:
         """Short hash of what defines the benchmark: data, prompt, few-shot, evaluator and the
-        dataset's own generation settings (stop words). Changes when any of them changes."""
+        dataset's own generation settings (stop words). Changes when any of them changes, and
+        not with names, descriptions, licences or where the files lie."""
+        cfg = self.config
         digest = hashlib.sha256()
-        digest.update(_file_digest(self.data_path).encode())
-        identity = {
-            "prompt": self.config.prompt,
-            "fewshot": self.fewshot_examples,
-            "fewshot_spec": {k: v for k, v in (self.config.fewshot or {}).items() if k != "path"},
+        names = self.subset_names
+        for subset in names:
+            digest.update(_file_digest(self.path_for(subset)).encode())
+        if names == [None]:
+            shots: Any = self._shots_or_missing(None)
+        else:
+            shots = {s: self._shots_or_missing(s) for s in names}
+        identity: dict[str, Any] = {
+            "prompt": cfg.prompt,
+            "fewshot": shots,
+            "fewshot_spec": {k: v for k, v in (cfg.fewshot or {}).items() if k != "path"},
             "evaluator": self.evaluator.identity(),
-            "answer_field": self.config.answer_field,
-            "generation_kwargs": self.config.generation_kwargs,
+            "answer_field": cfg.answer_field,
+            "generation_kwargs": cfg.generation_kwargs,
         }
+        # Only present when used, so that older configs keep their version.
+        if cfg.subsets:
+            identity["subsets"] = {s: self.subset_fields(s) for s in names}
+        if cfg.columns:
+            identity["columns"] = cfg.columns
+        if cfg.choices_field:
+            identity["choices_field"] = cfg.choices_field
+        if cfg.repair_latex:
+            identity["repair_latex"] = REPAIR_VERSION
         digest.update(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode())
         return digest.hexdigest()[:6]
+
+    def _shots_or_missing(self, subset: str | None) -> Any:
+        try:
+            return self.fewshot_for(subset)
+        except DatasetMissingError:
+            return "missing"
+
+
+def _choices(record: dict[str, Any], field: str, path: Path, lineno: int) -> list[str]:
+    value = record.get(field)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, (list, tuple)) or not value or len(value) > 26:
+        raise ConfigError(
+            f"choices_field {field!r} must hold a list of 1 to 26 options (a JSON list in csv)",
+            path,
+            lineno,
+        )
+    return [str(v) for v in value]
+
+
+def expand(
+    config: DatasetConfig, datasets_dir: Path, limit: int | None = None, merge: bool = False
+) -> list[Dataset]:
+    """The datasets a config runs as: itself, or one per subset (unless ``merge``). With
+    subsets, ``limit`` applies to each subset, in both modes."""
+    if not config.subsets or merge:
+        return [Dataset(config, datasets_dir, limit)]
+    spec = load_subsets(config, datasets_dir)
+    SUBSET_GROUPS[config.name] = config.abbr
+    out = []
+    for subset in spec.names:
+        sub = dataclasses.replace(
+            config, name=f"{config.name}/{subset}", abbr=spec.abbr.replace("{subset}", subset)
+        )
+        dataset = Dataset(sub, datasets_dir, limit, subset=subset, group=(config.name, config.abbr))
+        dataset.__dict__["subset_spec"] = spec
+        out.append(dataset)
+    return out
+
+
+def data_file_config(data: Path, sibling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config of a data file named directly (``--sb-datasets qa.jsonl``): question field
+    ``question``, answer field ``answer``, evaluator ``exact``; a YAML beside it with the same
+    stem (``qa.yaml``) overrides any of these (its ``path`` defaults to the data file)."""
+    raw: dict[str, Any] = dict(sibling) if sibling else {}
+    if sibling is not None and hasattr(sibling, "lines"):
+        raw = type(sibling)(sibling)  # keep the line numbers for error messages
+        raw.lines = dict(sibling.lines)  # type: ignore[attr-defined]
+        raw.start_line = getattr(sibling, "start_line", 0)  # type: ignore[attr-defined]
+    raw.setdefault("kind", "dataset")
+    raw.setdefault("path", str(data.resolve()))
+    raw.setdefault("prompt", "{question}")
+    raw.setdefault("answer_field", "answer")
+    raw.setdefault("evaluator", "exact")
+    raw.setdefault("description", f"data file {data.name}")
+    return raw
 
 
 def _file_digest(path: Path) -> str:

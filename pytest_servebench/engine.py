@@ -174,6 +174,7 @@ class Engine:
         self._runs: list[TaskRun] = []
         self.fatal: str | None = None
         self.stopping = False
+        self.on_progress: Callable[[bool], None] = lambda force: None
 
     # -- thread plumbing -------------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -268,6 +269,7 @@ class Engine:
             await asyncio.gather(*(worker() for _ in range(width)))
         finally:
             run.writer.close()
+            self.on_progress(True)
 
     async def _perform(self, run: TaskRun, job: Job) -> None:
         endpoint = run.endpoint
@@ -392,6 +394,7 @@ class Engine:
                     record["error"],
                 )
         run.deliver(job.case_id, records, job.first)
+        self.on_progress(False)
 
     def _abort(self, message: str) -> None:
         if self.fatal is None:

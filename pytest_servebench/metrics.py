@@ -55,7 +55,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _majority(votes: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    """Whether the majority-voted answer is correct (None votes excluded, ties -> first seen)."""
+    """Whether the plurality-voted answer is correct (None votes excluded). A tie between
+    different answers has no winner and counts as wrong: sample order is arbitrary under
+    concurrency, so breaking ties by position would make the figure depend on timing."""
     counts: dict[str, int] = {}
     right: dict[str, bool] = {}
     for vote, ok in zip(votes, correct, strict=True):
@@ -66,8 +68,8 @@ def _majority(votes: Sequence[str | None], correct: Sequence[bool]) -> bool:
     if not counts:
         return False
     best = max(counts.values())
-    winner = next(v for v, n in counts.items() if n == best)  # dicts keep first-seen order
-    return right[winner]
+    winners = [v for v, n in counts.items() if n == best]
+    return len(winners) == 1 and right[winners[0]]
 
 
 def case_metrics(
@@ -90,8 +92,10 @@ def case_metrics(
       (AISBench's definition; a tie is not a majority).
     * ``maj@k`` (only when ``votes`` is given) = ``100 * mean_i [voted answer of case i is
       correct]``, voting among the first ``k`` samples: the most frequent extracted answer,
-      ``None`` votes excluded, ties broken by first occurrence; the voted answer counts as
-      correct when any sample that gave it was judged correct. A case with no vote is wrong.
+      ``None`` votes excluded; a tie between different answers has no winner (wrong), so the
+      figure never depends on the arbitrary order in which samples finished; the voted answer
+      counts as correct when any sample that gave it was judged correct. A case with no vote
+      is wrong.
 
     With no cases every figure is ``nan``.
     """

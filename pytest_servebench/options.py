@@ -97,6 +97,14 @@ def addoption(parser: pytest.Parser) -> None:
         help="send every selected request again even when a saved prediction "
         "exists (with --lf: re-ask the model for wrong answers too)",
     )
+    group.addoption(
+        "--sb-progress",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="print live request progress every SECONDS (default 2 on a terminal, "
+        "10 otherwise; 0 turns it off)",
+    )
     for name, kind, help_text in (
         ("sb_models", "args", "model configs to evaluate"),
         ("sb_datasets", "args", "dataset configs to evaluate"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from . import options as opts
+from . import progress
 from .aggregate import TaskResult
 from .engine import RunAborted
 from .errors import ServebenchError
@@ -98,6 +100,7 @@ class ServebenchPlugin:
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False
         self._setup_logging()
+        self._setup_progress()
         if not is_worker(config):
             self._snapshot()
             self._remember(base)
@@ -114,6 +117,51 @@ class ServebenchPlugin:
         root.setLevel(logging.INFO)
         root.propagate = False  # keep the per-request log out of pytest's capture
         self._log_handler = handler
+
+    def _setup_progress(self) -> None:
+        worker = getattr(self.config, "workerinput", {}).get("workerid", "main")
+        publisher = progress.Publisher(self.run.engine, self.run.work.root / "logs", worker)
+        self.run.engine.on_progress = lambda force: publisher.publish(force)
+        self.view: progress.View | None = None
+        self._progress_thread: threading.Thread | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if is_worker(self.config):
+            return
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        interval = self.config.getoption("sb_progress")
+        if interval is None:
+            interval = 2.0 if tr.isatty() else 10.0
+
+        def write(line: str) -> None:
+            writer = getattr(tr, "_tw", None)
+            if writer is not None and writer.width_of_current_line:
+                tr.write("\n")  # after pytest's dots, start a line of our own
+            tr.write_line(line)
+
+        distributed = self.config.pluginmanager.has_plugin("dsession")
+        logs = self.run.work.root / "logs"
+        source = (
+            (lambda: progress.read_all(logs))
+            if distributed
+            else (lambda: progress.snapshot(self.run.engine))
+        )
+        self.view = progress.View(source, write, interval)
+        self.run.on_wait = self.view.tick
+        if distributed and interval > 0:
+            # Under xdist the controller's main thread only wakes for reports; keep the view
+            # alive while every worker waits on slow requests.
+            view = self.view
+            stop = self._progress_stop = threading.Event()
+
+            def loop() -> None:
+                while not stop.wait(interval):
+                    view.tick()
+
+            self._progress_thread = threading.Thread(target=loop, daemon=True)
+            self._progress_thread.start()
 
     def _snapshot(self) -> None:
         from dataclasses import asdict
@@ -229,6 +277,8 @@ class ServebenchPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if is_worker(self.config):
             return
+        if self.view is not None:
+            self.view.tick()
         payload = getattr(report, "servebench", None)
         if payload:
             self._result_for(payload["task"]).cases[payload["case"]] = {
@@ -259,6 +309,8 @@ class ServebenchPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.run.close()
+        if self._progress_thread is not None:
+            self._progress_stop.set()
         if is_worker(self.config):
             return
         if exitstatus == pytest.ExitCode.INTERRUPTED:

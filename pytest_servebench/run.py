@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -155,7 +157,12 @@ class TaskState:
             raise RunAborted(self.run.engine.fatal)
         assert self.handle is not None, f"{case_id} was neither reused nor submitted"
         future = self.handle.futures[case_id]
-        records = future.result()
+        while True:
+            try:
+                records = future.result(timeout=0.5)
+                break
+            except concurrent.futures.TimeoutError:
+                self.run.on_wait()  # the progress view stays live while a case is slow
         del self.handle.futures[case_id]  # only after it resolved: the engine looks it up
         return records
 
@@ -185,6 +192,7 @@ class Run:
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
         self.engine = Engine(self._headers)
         self._items: list[CaseItem] = []
+        self.on_wait: Callable[[], None] = lambda: None
         for model in models:
             redactor.add(model.api_key())
             for name, value in model.resolved_headers().items():

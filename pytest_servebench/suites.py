@@ -41,6 +41,7 @@ class SuiteIndex:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._raw_cache: dict[Path, Any] = {}
         self.shadowed: list[tuple[Entry, Entry]] = []
+        self._gates: list[Entry] = []
         for folder, origin in self.folders:
             for path in sorted(folder.rglob("*.yaml")) + sorted(folder.rglob("*.yml")):
                 self._index(path, origin)
@@ -48,6 +49,9 @@ class SuiteIndex:
     def _index(self, path: Path, origin: str) -> None:
         raw = self._load(path)
         kind = _kind_of(path, raw)
+        if kind == "gate":
+            self._gates.append(Entry(kind, path.stem, path, origin))
+            return
         if kind not in KINDS:
             return
         names = [path.stem]
@@ -68,6 +72,11 @@ class SuiteIndex:
 
     def names(self, kind: str) -> list[str]:
         return sorted(name for k, name in self._entries if k == kind)
+
+    def gates(self) -> list[Entry]:
+        """The `kind: gate` files of these folders (CI accuracy gates, see gates.py), in
+        folder order."""
+        return list(self._gates)
 
     def entries(self) -> list[Entry]:
         return sorted(self._entries.values(), key=lambda e: (e.kind, e.name))

@@ -42,16 +42,12 @@ def build_rows(results: Sequence[TaskResult]) -> tuple[list[str], list[list[str]
             cells[(key, r.model)] = value
     # Metric rows of one dataset first, count rows after them.
     order = {k: i for i, k in enumerate(row_keys)}
-    row_keys.sort(key=lambda k: (_dataset_order(row_keys, k), k[2] in COUNT_ROWS, order[k]))
+    first_seen: dict[tuple[str, str], int] = {}
+    for i, k in enumerate(row_keys):
+        first_seen.setdefault((k[0], k[1]), i)
+    row_keys.sort(key=lambda k: (first_seen[(k[0], k[1])], k[2] in COUNT_ROWS, order[k]))
     rows = [[*key, *(cells.get((key, m), "-") for m in models)] for key in row_keys]
     return [*HEADER, *models], rows
-
-
-def _dataset_order(keys: list[tuple[str, str, str, str]], key: tuple[str, str, str, str]) -> int:
-    for i, k in enumerate(keys):
-        if (k[0], k[1]) == (key[0], key[1]):
-            return i
-    return 0
 
 
 def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -128,3 +124,18 @@ def write_summary(base: Path, results: Sequence[TaskResult], extra: dict[str, An
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+def comparison_lines(comparisons: Sequence[dict[str, Any]]) -> list[str]:
+    """Terminal lines for comparisons(): one per pair of models on a dataset."""
+    if not comparisons:
+        return []
+    lines = ["paired comparisons (same cases; significant when p < 0.05):"]
+    for c in comparisons:
+        test = "McNemar" if c["test"] == "mcnemar" else "bootstrap"
+        verdict = "SIGNIFICANT" if c["significant"] else "not significant"
+        lines.append(
+            f"  {c['dataset']}: {c['a']} vs {c['b']}: {c['diff']:+.2f} points, "
+            f"{test} p={c['p_value']:.3g}, {verdict} ({c['n']} cases)"
+        )
+    return lines

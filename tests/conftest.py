@@ -56,3 +56,12 @@ def summary_json(workdir_base: Path) -> dict:
 def completion_requests(server) -> int:
     """POSTs to /chat/completions or /completions (GET /models is not a completion)."""
     return sum(n for path, n in server.stats.requests.items() if path.endswith("completions"))
+
+
+def stable(responder):
+    """Answers that depend on the question only. The mock numbers identical requests as
+    successive samples; a request sent again (after a kill, or by a second run against the
+    same server) would otherwise be answered as a new sample."""
+    import dataclasses
+
+    return lambda request: responder(dataclasses.replace(request, sample_index=0))

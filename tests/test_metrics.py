@@ -129,10 +129,12 @@ def test_maj_differs_from_cons():
     assert m["cons@4"] == 0.0
 
 
-def test_maj_tie_goes_to_first_seen():
+def test_maj_tie_has_no_winner_whatever_the_order():
     m = case_metrics([[F, T, T, F], [T, F, F, T]], [["4", "5", "5", "4"], ["5", "4", "4", "5"]], 4)
-    # case 0: "4" and "5" both twice; "4" came first -> wrong. case 1: "5" first -> right
-    assert m["maj@4"] == 50.0
+    # both cases: "4" and "5" twice each -> no plurality -> wrong, in either order
+    assert m["maj@4"] == 0.0
+    m = case_metrics([[T, T, F, F]], [["5", "5", "4", "6"]], 4)
+    assert m["maj@4"] == 100.0  # a plurality (2 of 4) without a tie wins
 
 
 def test_maj_ignores_missing_votes():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import completion_requests, summary_json, truth_fraction
+from conftest import completion_requests, stable, summary_json, truth_fraction
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer, dataset_responder
 
 FAST_RETRY = [
@@ -150,13 +149,6 @@ def test_unreachable_server_ends_the_run_at_once(pytester):
     assert "not reachable" in out or "cannot reach" in out
     assert "--sb-set vllm_chat.base_url=" in out
     assert result.parseoutcomes().get("errors", 0) == 1
-
-
-def stable(responder):
-    """Answers depend on the question only: a request the killed client never saved and the
-    resumed run sends again gets the same answer (the mock would otherwise count it as a
-    new sample)."""
-    return lambda request: responder(dataclasses.replace(request, sample_index=0))
 
 
 def _popen(pytester: pytest.Pytester, args: list[str]) -> subprocess.Popen:
