@@ -101,7 +101,12 @@ class Endpoint:
     async def resolve_model(self) -> str:
         async with self._model_lock:
             if self.model_name is None:
-                names = await list_models(self.client, self.urls[0], self.headers)
+                try:
+                    names = await list_models(self.client, self.urls[0], self.headers)
+                except FatalEndpointError as exc:
+                    raise FatalEndpointError(
+                        str(exc).replace("<model>", self.config.name)
+                    ) from None
                 if not names:
                     raise FatalEndpointError(
                         f"{self.urls[0]}/models lists no model; set `model:` in the config"

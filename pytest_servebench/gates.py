@@ -472,12 +472,18 @@ def _drop(gate: Gate, result: TaskResult, baseline: dict | None, index: dict) ->
     drop = round(float(before) - now, PRECISION)
     held = drop <= gate.value
     margin = gate.value - drop
-    change = f"fell {drop:.2f}" if drop > 0 else f"rose {-drop:.2f}"
+    drop = drop + 0.0  # no "-0.00"
+    if drop > 0:
+        change = f"fell {drop:.2f} points"
+    elif drop < 0:
+        change = f"rose {-drop:.2f} points"
+    else:
+        change = "unchanged"
     how = f"margin {margin:.2f}" if held else f"broke by {-margin:.2f}"
     return GateOutcome(
         "held" if held else "broke",
         subject,
-        f"{name} {change} points vs baseline ({float(before):.2f} -> {now:.2f}; max_drop "
+        f"{name} {change} vs baseline ({float(before):.2f} -> {now:.2f}; max_drop "
         f"{gate.value:.2f}, {how})",
         gate,
         result.key,

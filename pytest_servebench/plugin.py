@@ -99,9 +99,11 @@ class ServebenchPlugin:
         # Reports carry prompts and outputs only when a report will show them (pytest-html).
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False
+        self.abort_message: str | None = None  # from this process or a worker's report
         self._setup_logging()
         self._setup_progress()
         if not is_worker(config):
+            self._check_rootdir()
             self._snapshot()
             self._remember(base)
 
@@ -117,6 +119,33 @@ class ServebenchPlugin:
         root.setLevel(logging.INFO)
         root.propagate = False  # keep the per-request log out of pytest's capture
         self._log_handler = handler
+
+    def _check_rootdir(self) -> None:
+        """pytest picks its rootdir from bare path arguments before plugins load, so
+        `--sb-datasets-dir /data` (with a space) makes /data the rootdir: say how to avoid it."""
+        root = self.config.rootpath
+        here = self.config.invocation_params.dir
+        if root == here or root in here.parents:
+            return
+        for flag in (
+            "--sb-datasets-dir",
+            "--sb-suites",
+            "--sb-work-dir",
+            "--sb-gate",
+            "--sb-baseline",
+        ):
+            args = list(self.config.invocation_params.args)
+            for i, arg in enumerate(args[:-1]):
+                if arg == flag and Path(here, args[i + 1]).resolve() in (root, *root.parents):
+                    self.config.issue_config_time_warning(
+                        pytest.PytestConfigWarning(
+                            f"pytest took {root} as its rootdir because `{flag} {args[i + 1]}` "
+                            f"looks like a test path to it (it reads paths before plugins load); "
+                            f"write `{flag}={args[i + 1]}` to keep the rootdir at {here}."
+                        ),
+                        stacklevel=2,
+                    )
+                    return
 
     def _setup_progress(self) -> None:
         worker = getattr(self.config, "workerinput", {}).get("workerid", "main")
@@ -262,6 +291,7 @@ class ServebenchPlugin:
         ):
             # One clear stop, not thousands of identical errors.
             item.session.shouldfail = "servebench run aborted (reason in the summary below)"
+            report.servebench_abort = str(call.excinfo.value)
         if isinstance(item, CaseItem) and item.verdict is not None:
             concluded = (call.when == "call") or (
                 call.when == "setup" and report.outcome != "passed"
@@ -279,6 +309,9 @@ class ServebenchPlugin:
             return
         if self.view is not None:
             self.view.tick()
+        abort = getattr(report, "servebench_abort", None)
+        if abort and not self.abort_message:
+            self.abort_message = abort
         payload = getattr(report, "servebench", None)
         if payload:
             self._result_for(payload["task"]).cases[payload["case"]] = {
@@ -387,9 +420,10 @@ class ServebenchPlugin:
                     f"evaluated ({shown} over those only); the table shows '-'",
                     yellow=True,
                 )
-        if self.run.engine.fatal:
-            tr.write_line(f"aborted: {self.run.engine.fatal}", red=True, bold=True)
-        if self.interrupted or self.run.engine.fatal or any(not r.complete for r in results):
+        aborted = self.run.engine.fatal or self.abort_message
+        if aborted:
+            tr.write_line(f"aborted: {aborted}", red=True, bold=True)
+        if self.interrupted or aborted or any(not r.complete for r in results):
             tr.write_line(f"resume: pytest {' '.join(self._resume_args())}", bold=True)
         if getattr(self, "finish_error", None):
             tr.write_line(f"error: {self.finish_error}", red=True)
@@ -399,21 +433,23 @@ class ServebenchPlugin:
                 tr.write_line(f"summary: {path.with_suffix('')}.{{csv,md,txt,json}}")
 
     def _resume_args(self) -> list[str]:
+        """The command that continues this run; `--opt=value` so pytest's rootdir stays put."""
         o = self.options
         args = [
             "--sb-models",
             *o.models,
             "--sb-datasets",
             *o.datasets,
-            "--sb-work-dir",
-            str(self.run.work.root.parent),
-            "--sb-reuse",
-            self.run.work.timestamp,
+            f"--sb-work-dir={self.run.work.root.parent}",
+            f"--sb-reuse={self.run.work.timestamp}",
         ]
-        for s in o.suites:
-            args += ["--sb-suites", s]
-        for s in o.overrides:
-            args += ["--sb-set", redactor(s)]
+        args += [f"--sb-suites={s}" for s in o.suites]
+        datasets_dir = next(iter(self.run.datasets.values())).datasets_dir
+        if datasets_dir != (self.config.invocation_params.dir / "datasets").resolve():
+            args.append(f"--sb-datasets-dir={datasets_dir}")
+        args += [f"--sb-set={redactor(s)}" for s in o.overrides]
         if o.limit:
-            args += ["--sb-limit", str(o.limit)]
+            args.append(f"--sb-limit={o.limit}")
+        if o.mode != "all":
+            args.append(f"--sb-mode={o.mode}")
         return args

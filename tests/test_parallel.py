@@ -219,7 +219,7 @@ def test_two_popen_gateways(pytester, demo_records):
             "-p",
             "no:benchmark",
         ]
-        local = pytester.runpytest_subprocess(*base, "--sb-work-dir", "local")
+        pytester.runpytest_subprocess(*base, "--sb-work-dir", "local")
         remote = pytester.runpytest_subprocess(
             *base, "--sb-work-dir", "gw", "--dist", "load", "--tx", "popen", "--tx", "popen"
         )

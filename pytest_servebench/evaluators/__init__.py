@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .base import Evaluator, Judgement, strip_reasoning
 from .choice import ChoiceEvaluator, extract_choice
+from .math_answer import MathEvaluator, extract_math_answer
 from .numeric import GSM8KEvaluator, NumericEvaluator, extract_number
 from .registry import (
     FunctionEvaluator,
@@ -25,10 +26,12 @@ __all__ = [
     "FunctionEvaluator",
     "GSM8KEvaluator",
     "Judgement",
+    "MathEvaluator",
     "NumericEvaluator",
     "RegexEvaluator",
     "available_evaluators",
     "extract_choice",
+    "extract_math_answer",
     "extract_number",
     "get_evaluator",
     "normalize_text",

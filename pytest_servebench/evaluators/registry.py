@@ -22,6 +22,7 @@ from typing import Any
 
 from .base import Evaluator, Judgement, as_text, make_identity
 from .choice import ChoiceEvaluator
+from .math_answer import MathEvaluator
 from .numeric import GSM8KEvaluator, NumericEvaluator
 from .text import ExactEvaluator, RegexEvaluator
 
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, EvaluatorFactory] = {
     "choice": ChoiceEvaluator,
     "exact": ExactEvaluator,
     "regex": RegexEvaluator,
+    "math": MathEvaluator,
 }
 
 
