@@ -108,6 +108,7 @@ _LONE = re.compile(r"[\s*_(\[{\"'`]{0,10}([A-Za-z])[\s*_)\]}\"'`.:]{0,10}")
 _LEADING_OPTION = re.compile(
     r"[\s*_#>]{0,10}[(\[]?([A-Z])(?:[ \t]{0,3}[).:\]]|\*\*|[ \t]{0,3}\n|[ \t]{1,3}[-–—][ \t])"
 )
+_OPENING_LETTER = re.compile(r"[\s*_(\[]{0,6}([A-Z])(?:[ \t]{0,3}(?:[).:\]]|\*\*)|(?=[ \t\n]|$))")
 _OPTION_LINE = re.compile(r"^[ \t*_#>]{0,10}[(\[]?([A-Z])[ \t]{0,3}[).:\]]", re.MULTILINE)
 _PAREN = re.compile(r"\((?<![A-Za-z]\()([A-Z])\)")
 _STRONG = re.compile(  # every branch starts with a literal: fast scanning
@@ -292,11 +293,32 @@ def _strong_mentions(text: str, letters: str) -> str | None:
     return _single(found, letters)
 
 
-def extract_choice(output: str, choices: str = DEFAULT_CHOICES) -> str | None:
-    """The single option letter an output commits to (upper case), or ``None``."""
+def _leading_letter(text: str, letters: str) -> str | None:
+    """An option letter that opens the output (`` B``, ``B.``, ``(B)``, ``**B**``), as a
+    completion of a prompt ending in ``Answer:`` gives it; not the article ``A car ...``."""
+    m = _OPENING_LETTER.match(text)
+    if m is None or m.group(1) not in letters:
+        return None
+    if m.group(1) in "AI" and _PROSE_AFTER.match(text, m.end(1)):
+        return None
+    return m.group(1)
+
+
+def extract_choice(
+    output: str, choices: str = DEFAULT_CHOICES, leading: bool = False
+) -> str | None:
+    """The single option letter an output commits to (upper case), or ``None``.
+
+    With ``leading`` (prompts that end in ``Answer:``, where a completion model answers first
+    and may then go on writing more questions and options), an option letter that opens the
+    output is the answer, whatever follows."""
     text = as_text(output).translate(_TRANSLATE)
     if not text.strip():
         return None
+    if leading:
+        found = _leading_letter(text, choices)
+        if found is not None:
+            return found
     for rule in (_explicit, _whole, _last_line, _strong_mentions):
         found = rule(text, choices)
         if found is not None:
@@ -324,10 +346,13 @@ class ChoiceEvaluator:
     """Multiple choice: the extracted letter must equal the reference letter."""
 
     choices: str = DEFAULT_CHOICES
+    leading: bool = False
     name = "choice"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "choices", _normalize_choices(self.choices))
+        if not isinstance(self.leading, bool):
+            raise ValueError(f"parameter 'leading' must be true or false, got {self.leading!r}")
 
     def reference(self, raw: object) -> str:
         if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(self.choices):
@@ -335,11 +360,14 @@ class ChoiceEvaluator:
         return as_text(raw).translate(_TRANSLATE).strip().strip("()[]*. ").upper()
 
     def judge(self, output: str, reference: str) -> Judgement:
-        extracted = extract_choice(output, self.choices)
+        extracted = extract_choice(output, self.choices, self.leading)
         ref = as_text(reference).strip().upper()
         return verdict(extracted, extracted is not None and extracted == ref)
 
     def identity(self) -> str:
         return make_identity(
-            self.name, VERSION, {"choices": self.choices}, {"choices": DEFAULT_CHOICES}
+            self.name,
+            VERSION,
+            {"choices": self.choices, "leading": self.leading},
+            {"choices": DEFAULT_CHOICES, "leading": False},
         )
