@@ -1,4 +1,4 @@
-"""`python -m pytest_servebench COMMAND`: the demo, and (later) dataset downloads."""
+"""`python -m pytest_servebench COMMAND`: the demo, and dataset downloads."""
 
 from __future__ import annotations
 
@@ -50,7 +50,14 @@ def demo(argv: list[str]) -> int:
     return int(code)
 
 
-COMMANDS = {"demo": demo}
+def download(argv: list[str]) -> int:
+    """Fetch built-in datasets from their canonical sources, verified by pinned sha256."""
+    from .download import main as download_main
+
+    return download_main(argv)
+
+
+COMMANDS = {"demo": demo, "download": download}
 
 
 def main(argv: list[str] | None = None) -> int:

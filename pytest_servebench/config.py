@@ -178,6 +178,12 @@ def validate_launch(model: ModelConfig, raw: Any) -> dict[str, Any]:
             command = shlex.split(command)
         except ValueError as exc:
             raise fail(f"command: cannot split into arguments ({exc})", "command") from None
+    if isinstance(command, list) and any(isinstance(a, dict) for a in command):
+        raise fail(
+            "quote placeholders in the command list: in YAML, [{python}, ...] is a mapping; "
+            'write ["{python}", -m, ...] or give the command as one string',
+            "command",
+        )
     if (
         not isinstance(command, list)
         or not command
@@ -193,7 +199,10 @@ def validate_launch(model: ModelConfig, raw: Any) -> dict[str, Any]:
     if not isinstance(env, dict) or not all(
         isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in env.values()
     ):
-        raise fail("`env` must map variable names to strings or numbers", "env")
+        raise fail(
+            '`env` must map variable names to strings or numbers (quote placeholders: "{port}")',
+            "env",
+        )
     out["env"] = {str(k): str(v) for k, v in env.items()}
     for key in ("cwd", "host", "ready_url", "hint"):
         value = out[key]
@@ -231,7 +240,8 @@ def validate_launch(model: ModelConfig, raw: Any) -> dict[str, Any]:
     if port == "auto" and "{port}" not in urls[0]:
         raise ConfigError(
             'with launch port "auto", base_url must contain {port} '
-            "(e.g. http://{host}:{port}/v1) so requests reach the server that was started",
+            "(e.g. http://{host}:{port}/v1) so requests reach the server that was started; "
+            f"to use a server you started yourself, also set {model.name}.launch=null",
             source,
             line_of(raw, "base_url"),
         )

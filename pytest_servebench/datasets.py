@@ -6,7 +6,7 @@ with ``{field}`` placeholders, optional few-shot examples and an evaluator. Thre
 * ``subsets``: one data file per subset (``path: mmlu/test/{subset}_test.csv``). By default each
   subset is its own task (config name ``<name>/<subset>``, summary row per subset plus group
   averages); with ``--sb-merge-ds`` one merged task covers them all (case ids
-  ``<subset>.<id>``). Every record of a subset gets the fields ``{subset}``, ``{subset_text}``
+  ``<subset>/<id>``). Every record of a subset gets the fields ``{subset}``, ``{subset_text}``
   (underscores as spaces) and the subset's own fields from the config, for the prompt.
 * ``choices_field``: a field holding a list of options, shown to the prompt as ``{A}``, ``{B}``,
   ... and ``{options}``; an answer given as the option's text becomes its letter.
@@ -16,6 +16,7 @@ with ``{field}`` placeholders, optional few-shot examples and an evaluator. Thre
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -23,7 +24,7 @@ import io
 import json
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +41,9 @@ _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 _SUBSET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 Prompt = str | list[dict[str, str]]
+
+# Same text as json.dumps(record, sort_keys=True, ensure_ascii=False), one encoder for all.
+_ID_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 #: Parent config name -> group abbr, for the summary's average rows of split sub-datasets.
 SUBSET_GROUPS: dict[str, str] = {}
@@ -119,7 +123,9 @@ def read_records(
                 )
             yield i + 1, record
     elif fmt == "csv":
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        # Universal newlines, as AISBench reads these files: a line break inside a quoted field
+        # ("I. ...\r\nII. ...") reaches the prompt as "\n", not "\r\n".
+        with path.open(encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = columns
             if header is None:
@@ -305,11 +311,16 @@ def _with_subset(text: str, subset: str | None) -> str:
 
 
 def _download_hint(config: DatasetConfig, datasets_dir: Path) -> str:
+    from .download import SOURCES
+
     top = Path(config.path).parts[0] if Path(config.path).parts else config.path
-    msg = (
-        f"Get it with `python -m pytest_servebench download {top} --to {datasets_dir}`, "
-        "or put the files there yourself"
-    )
+    if top in SOURCES:
+        msg = (
+            f"Get it with `python -m pytest_servebench download {top} --to {datasets_dir}`, "
+            "or put the files there yourself"
+        )
+    else:
+        msg = "Put the data files there, or point `path` at them"
     if config.data_source:
         msg += f" (source: {config.data_source})"
     return (
@@ -379,7 +390,7 @@ class Dataset:
             return path
         if self.config.builtin_data:
             base = PACKAGE_DATA
-        elif relative.startswith(("./", "../")) and Path(self.config.source).is_file():
+        elif relative.startswith(("./", "../")) and self.config.source:
             base = Path(self.config.source).parent
         else:
             base = self.datasets_dir
@@ -415,7 +426,7 @@ class Dataset:
         return fields
 
     def _prepare(
-        self, record: dict[str, Any], subset: str | None, path: Path, lineno: int
+        self, record: dict[str, Any], extra: dict[str, Any], path: Path, lineno: int
     ) -> dict[str, Any]:
         """What the prompt sees of a record: repaired text, option letters, subset fields."""
         cfg = self.config
@@ -434,7 +445,7 @@ class Dataset:
                 and answer.strip() in options
             ):
                 record[cfg.answer_field] = letters[options.index(answer.strip())]
-        for key, value in self.subset_fields(subset).items():
+        for key, value in extra.items():
             record.setdefault(key, value)
         return record
 
@@ -449,13 +460,14 @@ class Dataset:
             path = self.path_for(subset)
             if not path.is_file():
                 raise DatasetMissingError(self.missing_message(path))
+            extra = self.subset_fields(subset)
             for index, (lineno, record) in enumerate(read_records(path, cfg.format, cfg.columns)):
                 if self.limit is not None and index >= self.limit:
                     break
                 case_id = self._case_id(index, record, path, lineno)
                 if merged:
-                    case_id = f"{subset}.{case_id}"
-                record = self._prepare(record, subset, path, lineno)
+                    case_id = f"{subset}/{case_id}"
+                record = self._prepare(record, extra, path, lineno)
                 if cfg.answer_field not in record:
                     raise ConfigError(
                         f"record has no field {cfg.answer_field!r} (answer_field); its "
@@ -488,9 +500,7 @@ class Dataset:
             return _UNSAFE_ID.sub("_", str(record[id_field])).strip("_") or f"q{index:04d}"
         # Position plus content: readable for -k, and a changed record never inherits the
         # verdict or saved prediction of the record that stood there before.
-        digest = hashlib.sha1(
-            json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
-        ).hexdigest()[:6]
+        digest = hashlib.sha1(_ID_ENCODER.encode(record).encode()).hexdigest()[:6]
         return f"q{index:04d}_{digest}"
 
     @cached_property
@@ -519,10 +529,11 @@ class Dataset:
         k = int(spec.get("k", 5))
         shots: list[dict[str, Any]] = []
         columns = spec.get("columns", self.config.columns)
+        extra = self.subset_fields(subset)
         for lineno, record in read_records(path, spec.get("format", "auto"), columns):
             if len(shots) >= k:
                 break
-            shots.append(self._prepare(record, subset, path, lineno))
+            shots.append(self._prepare(record, extra, path, lineno))
         self._shots[subset] = shots
         return shots
 
@@ -539,7 +550,12 @@ class Dataset:
         if isinstance(prompt, str):
             text = fill(prompt, case.record)
             if shots:
-                example = str(spec.get("example", prompt))
+                example = spec.get("example", prompt)
+                if not isinstance(example, str):
+                    raise ConfigError(
+                        "fewshot.example must be a string for a string prompt",
+                        self.config.source,
+                    )
                 rendered = str(spec.get("separator", "\n\n")).join(
                     fill(example, shot) for shot in shots
                 )
@@ -565,8 +581,13 @@ class Dataset:
         return messages
 
     def question_text(self, case: Case) -> str:
-        """What a person reads as the question: the first prompt field, else the prompt."""
-        for name in sorted(self.placeholders, key=self._placeholder_position):
+        """What a person reads as the question: the first prompt field that is the record's own
+        (not a subset's name nor an option letter), else the prompt."""
+        decor = set(self.subset_fields(case.subset)) | {"options"}
+        if self.config.choices_field:
+            decor |= set(string.ascii_uppercase)
+        names = sorted(self.placeholders, key=self._placeholder_position)
+        for name in [n for n in names if n not in decor and len(n) > 1] or names:
             return str(case.record.get(name, ""))
         return prompt_preview(self.render(case))
 
@@ -585,6 +606,12 @@ class Dataset:
         dataset's own generation settings (stop words). Changes when any of them changes, and
         not with names, descriptions, licences or where the files lie."""
         cfg = self.config
+        if self.merged:
+            # The merged task carries the version of the group row of a split run, so that
+            # the two modes of one benchmark show one version.
+            spec = self.subset_spec
+            assert spec is not None
+            return group_version(self._split_version(s) for s in spec.names)
         digest = hashlib.sha256()
         names = self.subset_names
         for subset in names:
@@ -613,11 +640,23 @@ class Dataset:
         digest.update(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode())
         return digest.hexdigest()[:6]
 
+    def _split_version(self, subset: str) -> str:
+        single = Dataset(self.config, self.datasets_dir, subset=subset)
+        single.__dict__["subset_spec"] = self.subset_spec
+        single._shots = self._shots  # share what was read already
+        return single.version
+
     def _shots_or_missing(self, subset: str | None) -> Any:
         try:
             return self.fewshot_for(subset)
         except DatasetMissingError:
             return "missing"
+
+
+def group_version(versions: Iterable[str]) -> str:
+    """The version of a group of subsets from theirs (in any order; names do not count)."""
+    text = "\n".join(sorted(versions))
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def _choices(record: dict[str, Any], field: str, path: Path, lineno: int) -> list[str]:
@@ -660,11 +699,8 @@ def data_file_config(data: Path, sibling: Mapping[str, Any] | None = None) -> di
     """The config of a data file named directly (``--sb-datasets qa.jsonl``): question field
     ``question``, answer field ``answer``, evaluator ``exact``; a YAML beside it with the same
     stem (``qa.yaml``) overrides any of these (its ``path`` defaults to the data file)."""
-    raw: dict[str, Any] = dict(sibling) if sibling else {}
-    if sibling is not None and hasattr(sibling, "lines"):
-        raw = type(sibling)(sibling)  # keep the line numbers for error messages
-        raw.lines = dict(sibling.lines)  # type: ignore[attr-defined]
-        raw.start_line = getattr(sibling, "start_line", 0)  # type: ignore[attr-defined]
+    # A deep copy keeps the YAML's line numbers (for error messages) and leaves the cache alone.
+    raw: dict[str, Any] = copy.deepcopy(sibling) if sibling is not None else {}
     raw.setdefault("kind", "dataset")
     raw.setdefault("path", str(data.resolve()))
     raw.setdefault("prompt", "{question}")

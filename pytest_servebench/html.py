@@ -61,6 +61,8 @@ CSS = """
 .sb table.sb-table td.sb-num{text-align:right;font-variant-numeric:tabular-nums}
 .sb table.sb-table tr.sb-count td{color:#666}
 .sb td.sb-bad{color:#b00020;font-weight:bold}
+.sb td.sb-ok{color:#1b7a1b;font-weight:bold}
+.sb td.sb-skip{color:#777}
 .sb .sb-warn{color:#a05a00}
 .sb .sb-sig{color:#b00020;font-weight:bold}
 .sb svg{display:block;margin:6px 0;max-width:100%;height:auto}
@@ -70,6 +72,7 @@ CSS = """
 .sb-case th{background:#f3f3f3;font-weight:bold}
 .sb-case details{margin:4px 0}
 .sb-case summary{cursor:pointer;font-weight:bold;color:#000}
+.sb-case .sb-warn{color:#a05a00}
 .sb-case pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;border:1px solid #e0e0e0;
  padding:6px;margin:2px 0;max-height:420px;overflow:auto;color:#111}
 td.col-sbfinish.sb-length{color:#a05a00;font-weight:bold}
@@ -143,7 +146,8 @@ def accuracy_chart(results: Sequence[TaskResult]) -> str:
     by_key = {(r.dataset, r.model): r for r in results}
     bar = 30 if len(models) <= 4 else max(12, 120 // len(models))
     gap = 28
-    group = len(models) * bar + gap
+    label_px = max(len(d) for d in datasets) * 6.5 + 12
+    group = max(len(models) * bar + gap, min(label_px, 170))
     left, top, plot_h, bottom = 52, 18, 220, 46
     plot_w = max(len(datasets) * group, 160)
     legend_x = left + plot_w + 18
@@ -174,7 +178,7 @@ def accuracy_chart(results: Sequence[TaskResult]) -> str:
         f'stroke="#888" stroke-width="1"/>'
     )
     for d, dataset in enumerate(datasets):
-        x0 = left + d * group + gap / 2
+        x0 = left + d * group + (group - len(models) * bar) / 2
         for m, model in enumerate(models):
             r = by_key.get((dataset, model))
             if r is None:
@@ -217,7 +221,7 @@ def accuracy_chart(results: Sequence[TaskResult]) -> str:
                 f'<text x="{cx:.1f}" y="{max(label_y, 10):.1f}" text-anchor="middle" '
                 f'fill="#222" font-size="10">{value:.1f}</text>'
             )
-        chars = max(4, int((group - 6) / 6.5))
+        chars = max(4, int((group - 12) / 6.5))
         out.append(
             f'<text x="{x0 + len(models) * bar / 2:.1f}" y="{top + plot_h + 16}" '
             f'text-anchor="middle" fill="#222">{esc(_short(dataset, chars))}'
@@ -263,19 +267,47 @@ def comparisons_table(comparisons: Sequence[dict[str, Any]], results: Sequence[T
     return "".join(out)
 
 
+def gates_table(outcomes: Sequence[Any], decision: str | None = None) -> str:
+    """The CI gates (gates.GateOutcome), broken ones first, and what they decided."""
+    if not outcomes:
+        return ""
+    order = {"broke": 0, "held": 1, "skipped": 2}
+    out = [
+        '<table class="sb-table" id="sb-gates"><thead><tr><th>gate</th><th>task</th>'
+        "<th>outcome</th><th>where</th></tr></thead><tbody>"
+    ]
+    for o in sorted(outcomes, key=lambda o: order.get(o.status, 3)):
+        cls = {"broke": "sb-bad", "held": "sb-ok"}.get(o.status, "sb-skip")
+        where = o.gate.where if getattr(o, "gate", None) is not None else ""
+        out.append(
+            f'<tr class="sb-gate-{esc(o.status)}"><td class="{cls}">{esc(o.status.upper())}</td>'
+            f"<td>{esc(o.subject)}</td><td>{esc(o.message)}</td><td>{esc(where)}</td></tr>"
+        )
+    out.append("</tbody></table>")
+    if decision:
+        out.append(f'<p class="sb-meta">{esc(decision)}</p>')
+    return "".join(out)
+
+
 def summary_section(
     results: Sequence[TaskResult],
     comparisons: Sequence[dict[str, Any]] = (),
     meta: Sequence[str] = (),
     notes: Sequence[str] = (),
+    gates: str = "",
 ) -> str:
-    """The block the report opens with. ``meta`` and ``notes`` are plain text lines."""
+    """The block the report opens with. ``meta`` and ``notes`` are plain text lines; ``gates``
+    is gates_table()'s markup."""
     out = [f"<style>{CSS}</style>", '<section class="sb" id="servebench-summary">']
     out.append("<h2>servebench summary</h2>")
     out += [f'<p class="sb-meta">{esc(line)}</p>' for line in meta]
+    if gates:
+        out.append("<h3>CI gates</h3>")
+        out.append(gates)
     if not results:
         out.append('<p class="sb-warn">No task finished: nothing to summarise.</p></section>')
         return "".join(out)
+    out.append("<h3>Figures</h3>")
     out.append(summary_table(results))
     out += [f'<p class="sb-warn">{esc(n)}</p>' for n in notes]
     chart = accuracy_chart(results)
@@ -484,8 +516,15 @@ class HtmlReport:
         results = list(plugin.finished) or [
             plugin.results[t.key] for t in plugin.run.tasks if t.key in plugin.results
         ]
+        gates = self.config.pluginmanager.get_plugin("servebench-gates")
         prefix.append(
-            summary_section(results, self._comparisons(results), self._meta(), self._notes(results))
+            summary_section(
+                results,
+                self._comparisons(results),
+                self._meta(),
+                self._notes(results),
+                gates_table(gates.outcomes, gates.decision) if gates is not None else "",
+            )
         )
 
     def _comparisons(self, results: Sequence[TaskResult]) -> list[dict[str, Any]]:
@@ -552,6 +591,7 @@ class HtmlReport:
             self.copy_error = f"{target}: {exc.strerror or exc}"
         return result
 
+    @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.copy_path is not None:
             terminalreporter.write_line(f"html report: {self.copy_path}")

@@ -36,13 +36,17 @@ class TaskCollector(pytest.Collector):
         return self.path, None, self.nodeid
 
 
+# One marker object shared by every case (`pytest.mark.NAME` builds a new one on each access).
+_SERVEBENCH_MARK = pytest.mark.servebench
+
+
 class CaseItem(pytest.Item):
     def __init__(self, *, case: Case, **kwargs: Any):
         super().__init__(**kwargs)
         self.case = case
         self.verdict: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
-        self.add_marker(pytest.mark.servebench)
+        self.add_marker(_SERVEBENCH_MARK)
 
     @property
     def collector(self) -> TaskCollector:
@@ -71,6 +75,12 @@ class CaseItem(pytest.Item):
         assert self.verdict is not None
         if self.verdict["status"] == "failed":
             raise WrongAnswer()
+
+    def teardown(self) -> None:
+        # The reports of setup and call are made: they, and the controller, keep what they
+        # need. Outputs and the verdict held here would only grow memory with every case.
+        self.records = []
+        self.verdict = None
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RequestError):

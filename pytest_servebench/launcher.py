@@ -177,27 +177,55 @@ class ManagedServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def exit_code(self) -> int | None:
+        """The exit code (negative: killed by that signal) once the process ended, else None.
+        Peeks without reaping, so the leader's pid, and with it the process group id, stays
+        ours until `stop` reaps it: signalling the group can never hit a stranger."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return None if proc is None else proc.returncode
+        if hasattr(os, "waitid"):
+            try:
+                info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped behind our back
+                return proc.poll()
+            if info is None:
+                return None
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return proc.poll()
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.exit_code() is None
 
     def stop(self) -> int | None:
-        """SIGTERM the whole process group, SIGKILL it after stop_grace seconds; idempotent.
-        Returns the exit code (None if the process never started)."""
+        """SIGTERM the whole process group, SIGKILL it after stop_grace seconds, reap the
+        leader; idempotent. Returns the exit code (None if the process never started)."""
         proc = self.process
         if proc is None:
             return None
+        if proc.returncode is not None:  # reaped: the group id may be someone else's now
+            return proc.returncode
+        if not hasattr(os, "killpg"):  # no process groups (Windows)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(self.stop_grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return proc.returncode
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
-        if proc.poll() is None:
+        if self.exit_code() is None:
             _signal_group(pgid, signal.SIGTERM)
-            try:
-                proc.wait(self.stop_grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(pgid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-        # The leader is gone; children that outlived it (workers of vLLM, say) still carry
-        # the group id: take them down too.
+            deadline = time.monotonic() + self.stop_grace
+            while self.exit_code() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # Whatever is left of the group (the leader if it ignored SIGTERM, helpers that
+        # outlived it, like vLLM's engine processes) is killed while the unreaped leader
+        # still holds the group id.
         _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
         return proc.returncode
 
 
@@ -343,6 +371,8 @@ class Launcher:
             )
             log.write(header.encode())
             log.flush()
+            # PR_SET_PDEATHSIG fires when the forking *thread* ends: only from the main thread.
+            deathsig = _PRCTL is not None and threading.current_thread() is threading.main_thread()
             try:
                 with self._lock:  # a signal handler running stop_all sees it or nothing
                     server.process = subprocess.Popen(
@@ -353,7 +383,7 @@ class Launcher:
                         env=env,
                         cwd=cwd,
                         start_new_session=True,  # own process group: we stop all of it
-                        preexec_fn=_child_setup if _PRCTL is not None else None,
+                        preexec_fn=_child_setup if deathsig else None,
                     )
                     self.servers[model.name] = server
             except OSError as exc:
@@ -380,7 +410,7 @@ class Launcher:
         delay = self.poll_interval
         with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
             while True:
-                code = server.process.poll() if server.process else None
+                code = server.exit_code()
                 if code is not None:
                     raise self._failure(
                         model,

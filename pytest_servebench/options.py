@@ -105,8 +105,39 @@ def addoption(parser: pytest.Parser) -> None:
         help="print live request progress every SECONDS (default 2 on a terminal, "
         "10 otherwise; 0 turns it off)",
     )
+    group.addoption(
+        "--sb-merge-ds",
+        action="store_true",
+        default=False,
+        help="run datasets with sub-datasets (mmlu, ceval) as one merged task "
+        "instead of one task per subject",
+    )
+    group.addoption(
+        "--sb-gate",
+        action="append",
+        metavar="FILE",
+        default=None,
+        help="CI gate (YAML with kind: gate; repeatable): thresholds per dataset "
+        "and metric; with gates the exit status follows them and request "
+        "errors, not single wrong answers. kind: gate files in ./suites "
+        "apply too",
+    )
+    group.addoption(
+        "--sb-baseline",
+        metavar="FILE",
+        default=None,
+        help="summary_*.json of an earlier run (or its run folder): the gates' "
+        "max_drop compares with it",
+    )
+    group.addoption(
+        "--sb-no-gates",
+        action="store_true",
+        default=False,
+        help="ignore every gate (also those in ./suites): pytest's own exit status stands",
+    )
     for name, kind, help_text in (
         ("sb_models", "args", "model configs to evaluate"),
+        ("sb_gate", "linelist", "CI gate files (kind: gate), one per line"),
         ("sb_datasets", "args", "dataset configs to evaluate"),
         ("sb_suites", "args", "extra config folders"),
         ("sb_set", "linelist", "config overrides NAME.FIELD=VALUE, one per line"),
@@ -189,6 +220,7 @@ def resolve(config: pytest.Config) -> Options | None:
         mode=mode,
         reuse=reuse,
         resend=bool(get("sb_resend")),
+        merge_subsets=bool(get("sb_merge_ds") or remembered.get("merge_subsets")),
     )
 
 

@@ -11,17 +11,20 @@ from typing import Any
 import pytest
 
 from . import options as opts
-from . import progress
+from . import perf, progress
 from .aggregate import TaskResult
 from .engine import RunAborted
 from .errors import ServebenchError
+from .gates import apply_gates, setup_gates
+from .html import register_html
 from .items import NODE_PREFIX, CaseItem, TaskCollector
+from .launcher import Launcher, apply_urls
 from .run import Run
 from .scoring import judge_case
 from .secrets import RedactingFilter, redactor
 from .store import WorkDir, load_predictions, new_timestamp, write_json
 from .suites import SuiteIndex, load_configs, parse_overrides, search_table
-from .summary import build_rows, render_text, write_summary
+from .summary import build_rows, comparison_lines, comparisons, render_text, write_summary
 
 log = logging.getLogger("servebench")
 
@@ -64,9 +67,14 @@ def pytest_configure(config: pytest.Config) -> None:
         if options is None:
             return
         plugin = ServebenchPlugin(config, options)
+        if not is_worker(config):
+            setup_gates(plugin)  # gate files and baseline are checked before any request
     except ServebenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(plugin, "servebench-run")
+    config.pluginmanager.register(perf.PerfPlugin(config), "servebench-perf")
+    if not is_worker(config):
+        register_html(plugin)  # only when pytest-html is installed and --html is given
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -93,7 +101,12 @@ class ServebenchPlugin:
         datasets_dir = Path(options.datasets_dir).expanduser()
         if not datasets_dir.is_absolute():
             datasets_dir = config.invocation_params.dir / datasets_dir
+        if is_worker(config):
+            # servers were started by the controller: use the URLs it handed over
+            apply_urls(models, config.workerinput.get("sb_launched", {}))  # type: ignore[attr-defined]
         self.run = Run(options, models, datasets, work, datasets_dir.resolve())
+        self.launcher = Launcher(work.root / "logs", echo=self._echo)
+        self.launched: dict[str, str] = {}
         self.results: dict[str, TaskResult] = {}
         self.finished: list[TaskResult] = []  # set before pytest-html's trylast sessionfinish
         # Reports carry prompts and outputs only when a report will show them (pytest-html).
@@ -154,9 +167,32 @@ class ServebenchPlugin:
         self.view: progress.View | None = None
         self._progress_thread: threading.Thread | None = None
 
+    def _echo(self, line: str) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(line)
+
+    def _start_servers(self) -> None:
+        """Managed servers (a model config's `launch:`) start once, in the controller, before
+        xdist starts its workers (its sessionstart is trylast) so they get the URLs."""
+        if self.config.option.collectonly or self.options.mode == "eval":
+            return
+        if not any(m.launch for m in self.run.models):
+            return
+        self.launcher.install_signal_handlers()
+        try:
+            self.launched = self.launcher.start_models(self.run.models)
+        except ServebenchError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.launcher.stop_all()
+        self.launcher.restore_signal_handlers()
+
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if is_worker(self.config):
             return
+        self._start_servers()
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is None:
             return
@@ -219,10 +255,9 @@ class ServebenchPlugin:
                 "overrides": [redactor(o) for o in safe_overrides],
                 "work_base": str(base),
                 "work_dir": str(self.run.work.root),
-                "datasets_dir": str(self.run.datasets[options.datasets[0]].datasets_dir)
-                if options.datasets and options.datasets[0] in self.run.datasets
-                else None,
+                "datasets_dir": str(self.run.datasets_dir),
                 "limit": options.limit,
+                "merge_subsets": options.merge_subsets,
             },
         )
 
@@ -231,6 +266,7 @@ class ServebenchPlugin:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["sb_work_dir"] = str(self.run.work.root)
         node.workerinput["sb_stamp"] = self.stamp
+        node.workerinput["sb_launched"] = self.launched
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -301,6 +337,7 @@ class ServebenchPlugin:
                     "task": item.collector.task.key,
                     "case": item.case.id,
                     **item.verdict,
+                    **(item.details() if self.rich_reports else {}),
                 }
         return report
 
@@ -315,7 +352,9 @@ class ServebenchPlugin:
         payload = getattr(report, "servebench", None)
         if payload:
             self._result_for(payload["task"]).cases[payload["case"]] = {
-                k: v for k, v in payload.items() if k not in ("task", "case")
+                k: v
+                for k, v in payload.items()
+                if k not in ("task", "case", "prompt", "outputs", "reasonings")
             }
 
     def pytest_keyboard_interrupt(self) -> None:
@@ -352,6 +391,7 @@ class ServebenchPlugin:
             self._finish()
         except ServebenchError as exc:
             self.finish_error = str(exc)
+        apply_gates(self, session)  # with gates, they decide the exit status
         self._log_handler.close()
 
     def _finish(self) -> None:
@@ -411,6 +451,8 @@ class ServebenchPlugin:
         tr.write_sep("=", "servebench summary")
         for line in render_text(header, rows).splitlines():
             tr.write_line(line)
+        for line in comparison_lines(comparisons(results)):
+            tr.write_line(line)
         for r in results:
             if not r.complete:
                 figures = r.figures()
@@ -444,7 +486,7 @@ class ServebenchPlugin:
             f"--sb-reuse={self.run.work.timestamp}",
         ]
         args += [f"--sb-suites={s}" for s in o.suites]
-        datasets_dir = next(iter(self.run.datasets.values())).datasets_dir
+        datasets_dir = self.run.datasets_dir
         if datasets_dir != (self.config.invocation_params.dir / "datasets").resolve():
             args.append(f"--sb-datasets-dir={datasets_dir}")
         args += [f"--sb-set={redactor(s)}" for s in o.overrides]
@@ -452,4 +494,6 @@ class ServebenchPlugin:
             args.append(f"--sb-limit={o.limit}")
         if o.mode != "all":
             args.append(f"--sb-mode={o.mode}")
+        if o.merge_subsets:
+            args.append("--sb-merge-ds")
         return args

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DatasetConfig, ModelConfig
-from .datasets import Case, Dataset
+from .datasets import Case, Dataset, expand
 from .engine import Engine, Job, RunAborted, TaskRun
 from .request_body import build_body, generation_kwargs, request_hash
 from .scoring import judge_case
@@ -36,6 +35,7 @@ class Options:
     mode: str = "all"
     reuse: str | None = None
     resend: bool = False
+    merge_subsets: bool = False
 
 
 @dataclass
@@ -156,15 +156,11 @@ class TaskState:
         if self.run.engine.fatal:
             raise RunAborted(self.run.engine.fatal)
         assert self.handle is not None, f"{case_id} was neither reused nor submitted"
-        future = self.handle.futures[case_id]
         while True:
-            try:
-                records = future.result(timeout=0.5)
-                break
-            except concurrent.futures.TimeoutError:
-                self.run.on_wait()  # the progress view stays live while a case is slow
-        del self.handle.futures[case_id]  # only after it resolved: the engine looks it up
-        return records
+            records = self.handle.wait(case_id, 0.5)
+            if records is not None:
+                return records
+            self.run.on_wait()  # the progress view stays live while a case is slow
 
     def judge(self, case: Case, records: list[dict[str, Any]]) -> dict[str, Any]:
         return judge_case(
@@ -186,9 +182,14 @@ class Run:
         self.options = options
         self.work = work
         self.models = models
-        self.dataset_configs = datasets
-        self.datasets = {d.name: Dataset(d, datasets_dir, options.limit) for d in datasets}
-        self.tasks = [Task(m, self.datasets[d.name]) for m in models for d in datasets]
+        # A config with subsets runs as one task per subset, or one merged task with
+        # --sb-merge-ds (options.merge_subsets); dataset_configs are the per-task configs.
+        merge = bool(getattr(options, "merge_subsets", False))
+        expanded = [ds for d in datasets for ds in expand(d, datasets_dir, options.limit, merge)]
+        self.datasets_dir = datasets_dir
+        self.dataset_configs = [ds.config for ds in expanded]
+        self.datasets = {ds.config.name: ds for ds in expanded}
+        self.tasks = [Task(m, ds) for m in models for ds in expanded]
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
         self.engine = Engine(self._headers)
         self._items: list[CaseItem] = []

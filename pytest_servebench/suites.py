@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DatasetConfig, ModelConfig, apply_override, build, near_matches
+from .datasets import DATA_SUFFIXES, data_file_config
 from .errors import ConfigError, ServebenchError
 from .yamlio import load_yaml, parse_scalar
 
@@ -21,7 +22,8 @@ class Entry:
     kind: str
     name: str
     path: Path
-    origin: str  # "--sb-suites", "rootdir", "built-in"
+    origin: str  # "--sb-suites", "rootdir", "built-in", "path", "data-file"
+    data: Path | None = None  # a data file named directly on --sb-datasets (see find)
 
 
 def _kind_of(path: Path, raw: Any) -> str | None:
@@ -85,6 +87,13 @@ class SuiteIndex:
         explicit = Path(name)
         if name.endswith((".yaml", ".yml")) and explicit.is_file():
             return Entry(kind, explicit.stem, explicit.resolve(), "path")
+        if kind == "dataset" and name.endswith(DATA_SUFFIXES) and explicit.is_file():
+            # `--sb-datasets qa.jsonl`: a config made from the file (datasets.data_file_config);
+            # a YAML beside it with the same stem (qa.yaml) overrides the defaults.
+            data = explicit.resolve()
+            beside = [data.with_suffix(s) for s in (".yaml", ".yml")]
+            sibling = next((p for p in beside if p.is_file()), None)
+            return Entry(kind, data.stem, sibling or data, "data-file", data)
         entry = self._entries.get((kind, name))
         if entry is None:
             raise ServebenchError(self.unknown_message(kind, name))
@@ -103,6 +112,11 @@ class SuiteIndex:
         return msg
 
     def raw(self, entry: Entry) -> dict[str, Any]:
+        if entry.data is not None:
+            sibling = self._load(entry.path) if entry.path != entry.data else None
+            if sibling is not None and not isinstance(sibling, dict):
+                raise ConfigError("expected a mapping of config fields", entry.path, 1)
+            return data_file_config(entry.data, sibling)
         raw = self._load(entry.path)
         if not isinstance(raw, dict):
             raise ConfigError("expected a mapping of config fields at the top level", entry.path, 1)
@@ -161,6 +175,8 @@ def _load_one(
 ) -> Any:
     entry = index.find(kind, name)
     raw = index.raw(entry)
+    if entry.data is not None:  # a data file: named by its stem (`--sb-set qa.FIELD=...`)
+        name = entry.name
     for dotted, value in overrides.get(name, []):
         apply_override(raw, dotted, value)
     return build(cls, name, str(entry.path), raw)

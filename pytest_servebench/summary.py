@@ -11,6 +11,7 @@ from typing import Any
 
 from . import metrics
 from .aggregate import COUNT_ROWS, TaskResult
+from .datasets import SUBSET_GROUPS, group_version
 
 HEADER = ("dataset", "version", "metric", "mode")
 
@@ -47,7 +48,79 @@ def build_rows(results: Sequence[TaskResult]) -> tuple[list[str], list[list[str]
         first_seen.setdefault((k[0], k[1]), i)
     row_keys.sort(key=lambda k: (first_seen[(k[0], k[1])], k[2] in COUNT_ROWS, order[k]))
     rows = [[*key, *(cells.get((key, m), "-") for m in models)] for key in row_keys]
+    _add_group_rows(results, models, rows)
     return [*HEADER, *models], rows
+
+
+def _group_of(result: TaskResult) -> tuple[str, str] | None:
+    """(group name, group abbr) of a task that is one subset of a split dataset."""
+    group = getattr(result, "group", None)  # a TaskResult field, once it has one
+    if group:
+        return str(group), str(getattr(result, "group_abbr", "") or group)
+    parent, sep, _ = result.dataset_name.rpartition("/")
+    if sep and parent in SUBSET_GROUPS:
+        return parent, SUBSET_GROUPS[parent]
+    return None
+
+
+def _add_group_rows(
+    results: Sequence[TaskResult], models: list[str], rows: list[list[str]]
+) -> None:
+    """After the rows of a split dataset's subsets: the group's averages, weighted by case
+    count (equal to the merged run's figure) and unweighted (AISBench's naive_average), then
+    the group's summed count rows. A group with a partial subset shows '-'."""
+    groups: dict[tuple[str, str], list[TaskResult]] = {}
+    for r in results:
+        group = _group_of(r)
+        if group is not None:
+            groups.setdefault(group, []).append(r)
+    for (_, abbr), members in groups.items():
+        member_rows = {(r.dataset, r.version) for r in members}
+        # one version per subset (members hold one result per model)
+        version = group_version({r.dataset_name: r.version for r in members}.values())
+        first = members[0]
+        names = list(first.figures())
+        if not names:
+            names = ["served"] if first.run_mode == "infer" else ["accuracy"]
+        labels: list[tuple[str, str, str]] = []  # (row metric, figure, how)
+        for i, name in enumerate(names):
+            if name == "served":
+                labels.append(("served", name, "sum"))
+                continue
+            prefix = "" if i == 0 else f"{name} "
+            labels.append((f"{prefix}weighted_average", name, "weighted"))
+            labels.append((f"{prefix}naive_average", name, "naive"))
+        labels += [(c, c, "count") for c in COUNT_ROWS]
+        new_rows = []
+        for metric, name, how in labels:
+            row = [abbr, version, metric, first.mode]
+            for model in models:
+                mine = [r for r in members if r.model == model]
+                row.append(_group_cell(mine, name, how) if mine else "-")
+            new_rows.append(row)
+        last = max((i for i, row in enumerate(rows) if (row[0], row[1]) in member_rows), default=-1)
+        rows[last + 1 : last + 1] = new_rows
+
+
+def _group_cell(members: list[TaskResult], name: str, how: str) -> str:
+    if how == "count":
+        return str(sum(r.counts()[name] for r in members))
+    if how == "sum":
+        counts = [r.counts() for r in members]
+        served = sum(c["evaluated"] - c["errors"] for c in counts)
+        return f"{served}/{sum(c['cases'] for c in counts)}"
+    if not all(r.complete for r in members):
+        return "-"
+    figures = [r.figures() for r in members]
+    if not all(name in f for f in figures):
+        return "-"
+    if how == "naive":
+        return f"{sum(f[name] for f in figures) / len(figures):.2f}"
+    sizes = [len(r.case_ids) for r in members]
+    total = sum(sizes)
+    if not total:
+        return "-"
+    return f"{sum(f[name] * n for f, n in zip(figures, sizes)) / total:.2f}"
 
 
 def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

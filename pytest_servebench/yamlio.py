@@ -35,12 +35,28 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+# libyaml's parser, when PyYAML has it, with the same constructors: 5x faster, and every
+# config folder is read at start-up. Errors are reported by the pure-Python loader (its
+# messages are the ones users and tests see).
+_FastLoader: type | None = None
+if getattr(yaml, "CSafeLoader", None) is not None:
+
+    class _FastLoader(yaml.CSafeLoader):  # type: ignore[no-redef, name-defined]
+        pass
+
+    _FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
 
 def load_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+    if _FastLoader is not None:
+        try:
+            return yaml.load(text, Loader=_FastLoader)
+        except yaml.YAMLError:
+            pass  # read it again below, for the error message
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from report_glue import install
 
 from conftest import REPO, summary_json, truth_fraction
 from pytest_servebench.aggregate import TaskResult
@@ -381,7 +381,6 @@ GATE_60 = "kind: gate\ndatasets:\n  demo_gsm8k:\n    accuracy: '>= {bound}'\n"
 
 @pytest.fixture
 def gated(pytester: pytest.Pytester) -> pytest.Pytester:
-    install(pytester)
     return pytester
 
 
@@ -534,9 +533,10 @@ def test_baseline_drop(gated, gsm8k_server, demo_records):
             "BROKE demo_gsm8k / vllm_chat: accuracy fell 3.00 points vs baseline (*; max_drop 2.00, broke by 1.00)*"
         ]
     )
-    # the summary of this very run as baseline: no drop
+    # the summary of this very run as baseline, its predictions reused: no drop
     own = next((gated.path / "out").glob("*/summary/summary_*.json"))
-    args = sb_args(gsm8k_server.base_url, "--sb-gate", "gate.yaml", "--sb-baseline", str(own))
+    args = sb_args(gsm8k_server.base_url, "--sb-gate", "gate.yaml", f"--sb-baseline={own}")
+    args.append("--sb-reuse")
     result = gated.runpytest_subprocess(*args)
     assert result.ret == 0
     result.stdout.fnmatch_lines(["HELD  demo_gsm8k / vllm_chat: accuracy unchanged vs baseline*"])
@@ -570,5 +570,88 @@ def test_repo_demo_gate_passes_the_mock_demo(gated):
     gate = str(REPO / "suites" / "demo_gate.yaml")
     for p_correct, code in ((0.7, 0), (0.3, 1)):
         with MockServer(dataset_responder(records, p_correct=p_correct, seed=0)) as server:
-            result = gated.runpytest_subprocess(*sb_args(server.base_url, "--sb-gate", gate))
+            result = gated.runpytest_subprocess(*sb_args(server.base_url, f"--sb-gate={gate}"))
         assert result.ret == code, result.stdout.str()
+
+
+# -- the CI examples -----------------------------------------------------------------------
+
+CI = REPO / "examples" / "ci"
+
+
+def ci_command(workflow: dict) -> list[str]:
+    import shlex
+
+    steps = workflow["jobs"]["evaluate"]["steps"]
+    run = next(s["run"] for s in steps if s.get("name", "").startswith("Evaluate"))
+    args = shlex.split(run)
+    assert args[0] == "pytest"
+    return args[1:]
+
+
+def test_ci_examples_are_valid():
+    import yaml
+
+    from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
+
+    github = yaml.safe_load((CI / "github-actions.yml").read_text())
+    gitlab = yaml.safe_load((CI / "gitlab-ci.yml").read_text())
+    args = ci_command(github)
+    gitlab_args = gitlab["model-eval"]["script"][-1].split()
+    assert gitlab_args[0] == "pytest" and gitlab_args[1:] == args  # the same command
+    assert gitlab["model-eval"]["artifacts"]["reports"]["junit"] == "reports/model-eval.xml"
+    for option in ("--sb-gate=examples/ci/gate.yaml", "--junitxml=reports/model-eval.xml"):
+        assert option in args
+    gates = load_gates([CI / "gate.yaml"])
+    assert {g.dataset for g in gates if g.dataset} == {"demo_gsm8k"}
+    baseline = load_baseline(CI / "baseline_summary.json")
+    assert baseline["tasks"][0]["model"] == "ci_mock"
+    index = SuiteIndex([(CI / "suites", "--sb-suites"), (BUILTIN_SUITES, "built-in")])
+    models, _ = load_configs(index, ["ci_mock", "ci_vllm"], ["demo_gsm8k"], {})
+    assert all(m.launch and m.launch["port"] == "auto" for m in models)
+
+
+def test_ci_example_command_runs(pytester):
+    """The GitHub workflow's command, as written, in a copy of the example: the launched mock
+    server passes the gate although some answers are wrong, and both files are written."""
+    import inspect
+
+    import yaml
+
+    from pytest_servebench import plugin
+
+    if "launch" not in inspect.getsource(plugin):
+        pytest.skip("the plugin does not start `launch:` servers yet")
+    shutil.copytree(CI, pytester.path / "examples" / "ci")
+    args = ci_command(yaml.safe_load((CI / "github-actions.yml").read_text()))
+    result = pytester.runpytest_subprocess(*args)
+    assert result.parseoutcomes().get("failed", 0) > 0
+    assert result.ret == 0, result.stdout.str()
+    assert (pytester.path / "reports" / "model-eval.html").is_file()
+    assert (pytester.path / "reports" / "model-eval.xml").is_file()
+    result.stdout.fnmatch_lines(["HELD  demo_gsm8k / ci_mock: accuracy *"])
+
+
+def test_gate_outcomes_in_html_report(gated, gsm8k_server, demo_records):
+    truth = 100 * truth_fraction(demo_records, 0.6, 1)
+    gated.path.joinpath("gate.yaml").write_text(GATE_60.format(bound=truth + 5))
+    args = sb_args(gsm8k_server.base_url, "--sb-gate", "gate.yaml", "--html", "report.html")
+    result = gated.runpytest_subprocess(*args)
+    assert result.ret == 1
+    page = (gated.path / "report.html").read_text(encoding="utf-8")
+    table = page[page.index('<table class="sb-table" id="sb-gates">') :]
+    table = table[: table.index("</table>")]
+    assert '<tr class="sb-gate-broke"><td class="sb-bad">BROKE</td>' in table
+    assert f"accuracy {truth:.2f} (needs &gt;= {truth + 5:.2f}, short by 5.00)" in table
+    assert "<td>gate.yaml:4</td>" in table
+    assert "exit status 1" in page
+
+
+def test_gates_table_escapes():
+    from pytest_servebench.gates import GateOutcome
+    from pytest_servebench.html import gates_table
+
+    text = gates_table([GateOutcome("broke", "<b>d</b> / m", "x < y & <i>z</i>")], "<exit>")
+    assert "<b>" not in text and "<i>" not in text and "<exit>" not in text
+    assert "x &lt; y &amp; &lt;i&gt;z&lt;/i&gt;" in text
+    assert gates_table([]) == ""

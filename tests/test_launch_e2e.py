@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_launcher import gone, wait_gone
 
 from conftest import DEMO_DATA, write_suite
-from test_launcher import gone, wait_gone
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -32,7 +32,7 @@ generation_kwargs:
   temperature: 0
   max_tokens: 64
 launch:
-  command: [{{python}}, -m, pytest_servebench.testing.mockserver, --port, "{{port}}",
+  command: ["{{python}}", -m, pytest_servebench.testing.mockserver, --port, "{{port}}",
             --dataset, {dataset}, --p-correct, "0.6", --seed, "1"{extra}]
   startup_timeout: 30
   stop_grace: 5
@@ -43,7 +43,9 @@ def launched_suite(
     root: Path, name: str = "fake_launched", stream: bool = False, extra: list[str] = ()
 ) -> Path:
     tail = "".join(f", {json.dumps(x)}" for x in extra)
-    text = LAUNCHED.format(stream=str(stream).lower(), dataset=json.dumps(str(DEMO_DATA)), extra=tail)
+    text = LAUNCHED.format(
+        stream=str(stream).lower(), dataset=json.dumps(str(DEMO_DATA)), extra=tail
+    )
     return write_suite(root, name, text, kind="models")
 
 

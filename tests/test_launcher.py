@@ -93,6 +93,8 @@ def test_launch_section_is_normalized():
         ({"port": "eighty"}, {}, '`port` must be "auto" or a port number'),
         ({"port": 70000}, {}, "between 1 and 65535"),
         ({"env": ["A=1"]}, {}, "`env` must map"),
+        ({"env": {"PORT": {"port": None}}}, {}, 'quote placeholders: "{port}"'),
+        ({"command": [{"python": None}, "-m", "x"]}, {}, "quote placeholders in the command"),
         ({"startup_timeout": -1}, {}, "`startup_timeout` must be a number of seconds"),
         ({}, {"base_url": "http://127.0.0.1:8000/v1"}, "base_url must contain {port}"),
         ({}, {"base_url": ["http://a:{port}/v1", "http://b:{port}/v1"]}, "must be one URL"),
@@ -379,3 +381,22 @@ def test_interrupt_while_waiting_for_ready_stops_the_server(tmp_path):
     proc.wait(20)
     assert "KeyboardInterrupt" in proc.stderr.read()
     assert wait_gone(pid)
+
+
+def test_example_launch_configs_are_valid():
+    """examples/launch cannot run here (GPU servers); they must at least load."""
+    from pytest_servebench.suites import SuiteIndex, load_configs
+
+    folder = Path(__file__).resolve().parent.parent / "examples" / "launch"
+    index = SuiteIndex([(folder, "examples")])
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert names == [
+        "llama_server_launched",
+        "sglang_launched",
+        "tgi_launched",
+        "vllm_launched",
+    ]
+    models, _ = load_configs(index, names, [], {})
+    for m in models:
+        assert m.launch is not None and "{port}" in " ".join(m.launch["command"]) + m.base_url
+        assert fill(m.base_url, {"host": "127.0.0.1", "port": "1"}).endswith("/v1")

@@ -192,7 +192,7 @@ except Exception as exc:
     print(json.dumps({"ready": False, "error": type(exc).__name__ + ": " + str(exc)}), flush=True)
     sys.exit(0)
 norm = NormalizationConfig(
-    nits=False, malformed_operators=False, basic_latex=True, boxed="all", units=True
+    nits=False, malformed_operators=True, basic_latex=True, boxed="all", units=True
 )
 pred_cfg = [LatexExtractionConfig(normalization_config=norm, boxed_match_priority=0,
                                   try_extract_without_anchor=False)]
@@ -225,13 +225,14 @@ class _Verifier:
         self.unavailable: str | None = None
         self._cache: OrderedDict[tuple[str, str], bool | None] = OrderedDict()
         self.timeouts = 0
+        self.worker_source = _WORKER
 
     def _start(self) -> bool:
         env = dict(os.environ)
         env.setdefault("PYTHONIOENCODING", "utf-8")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER],
+                [sys.executable, "-c", self.worker_source],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
