@@ -97,7 +97,8 @@ class CaseItem(pytest.Item):
         if isinstance(excinfo.value, RequestError):
             return f"request could not be served: {excinfo.value}"
         if isinstance(excinfo.value, RunAborted):
-            return f"run aborted: {excinfo.value}"
+            # First line short: pytest's one-line summary repeats it; the reason follows.
+            return f"run aborted; nothing more is sent\n{excinfo.value}"
         return super()._repr_failure_py(excinfo, style)
 
     def _wrong_answer_message(self) -> str:
@@ -123,7 +124,8 @@ class CaseItem(pytest.Item):
         return "\n".join(lines)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"{self.collector.task.key}::{self.case.id}"
+        # An empty domain: pytest -v would show dots of a case id ("807.json") as "::".
+        return self.path, None, ""
 
     def details(self) -> dict[str, Any]:
         """What a report shows of the case beyond its verdict (untrusted model text)."""
