@@ -97,8 +97,9 @@ class CaseItem(pytest.Item):
         if isinstance(excinfo.value, RequestError):
             return f"request could not be served: {excinfo.value}"
         if isinstance(excinfo.value, RunAborted):
-            # First line short: pytest's one-line summary repeats it; the reason follows.
-            return f"run aborted; nothing more is sent\n{excinfo.value}"
+            # The reason is printed once, in the servebench summary ("aborted: ..."); pytest
+            # repeats an item's text in its short summary (in full on CI).
+            return "run aborted, nothing more is sent: the reason is under 'aborted:' below"
         return super()._repr_failure_py(excinfo, style)
 
     def _wrong_answer_message(self) -> str:
