@@ -332,7 +332,11 @@ def run_once(
     cpu0 = server.cpu()
     peak = 0
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, env=env)
+    try:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, env=env)
+    except BaseException:
+        server.stop()
+        raise
     done = threading.Event()
 
     def poll() -> None:
@@ -342,7 +346,13 @@ def run_once(
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted: leave no process behind
+        proc.kill()
+        proc.wait()
+        server.stop()
+        raise
     wall = time.perf_counter() - start
     done.set()
     poller.join()
@@ -476,7 +486,12 @@ def print_table(rows: list[tuple[Scenario, dict[str, Any]]], derived: dict[str, 
         print(f"{key}: {value}")
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupted)  # stop the server and pytest, then exit
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="main scenarios, one run each")
     p.add_argument("--repeat", type=int, default=None, help="runs per scenario (default 3)")
