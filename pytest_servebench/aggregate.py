@@ -3,12 +3,83 @@ per-task figures. Reads only what reports and the store carry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
 
 COUNT_ROWS = ("errors", "truncated", "unparsable")
+
+# What scoring.judge_case returns for a case, in its order.
+VERDICT_FIELDS = (
+    "status",
+    "correct",
+    "scores",
+    "votes",
+    "errors",
+    "truncated",
+    "unparsable",
+    "error",
+    "reference",
+    "extracted",
+    "latency",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+)
+_FIELD_INDEX = {name: i for i, name in enumerate(VERDICT_FIELDS)}
+_ABSENT = object()
+_ONE_VOTE = object()
+_VOTES, _EXTRACTED = _FIELD_INDEX["votes"], _FIELD_INDEX["extracted"]
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (True,), (0.0,), ...: one object each
+
+
+def _compact(value: Any) -> Any:
+    """Lists as tuples; the few tuples of per-sample flags and scores that recur, shared."""
+    if not isinstance(value, list):
+        return value
+    as_tuple = tuple(value)
+    if len(as_tuple) <= 8 and all(v is None or type(v) in (bool, float) for v in as_tuple):
+        return _SHARED.setdefault(as_tuple, as_tuple)
+    return as_tuple
+
+
+class Verdict(Mapping[str, Any]):
+    """A case's verdict as the controller keeps it until the session ends: a tuple of
+    values instead of a dict of lists (~350 bytes instead of ~1,900; 50,000 cases live at
+    once). Reads as the mapping judge_case made, with tuples for its lists."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, verdict: Mapping[str, Any]) -> None:
+        values = [_compact(verdict.get(name, _ABSENT)) for name in VERDICT_FIELDS]
+        votes = values[_VOTES]
+        if isinstance(votes, tuple) and len(votes) == 1 and votes[0] is values[_EXTRACTED]:
+            values[_VOTES] = _ONE_VOTE  # one sample: its vote is the extracted answer
+        self._values = tuple(values)
+
+    def __getitem__(self, key: str) -> Any:
+        index = _FIELD_INDEX.get(key)
+        value = _ABSENT if index is None else self._values[index]
+        if value is _ABSENT:
+            raise KeyError(key)
+        if value is _ONE_VOTE:
+            return (self._values[_EXTRACTED],)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, v in zip(VERDICT_FIELDS, self._values) if v is not _ABSENT)
+
+    def __len__(self) -> int:
+        return sum(v is not _ABSENT for v in self._values)
+
+
+def compact_verdict(verdict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Verdict, or the mapping itself when it has keys a Verdict does not hold."""
+    if all(key in _FIELD_INDEX for key in verdict):
+        return Verdict(verdict)
+    return verdict
 
 
 @dataclass
@@ -23,7 +94,10 @@ class TaskResult:
     run_mode: str  # all / infer / eval
     samples: int
     case_ids: list[str]
-    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cases: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def add(self, case_id: str, verdict: Mapping[str, Any]) -> None:
+        self.cases[case_id] = compact_verdict(verdict)
 
     @property
     def evaluated(self) -> int:
@@ -89,5 +163,6 @@ class TaskResult:
             "ci95": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.intervals().items()},
         }
         if include_cases:
-            data["cases"] = [{"case": c, **self.cases[c]} for c in self.case_ids if c in self.cases]
+            # Made one case at a time as the file is written (store.write_json).
+            data["cases"] = ({"case": c, **self.cases[c]} for c in self.case_ids if c in self.cases)
         return data

@@ -59,6 +59,25 @@ class Case:
     record: dict[str, Any]
     reference: str
     subset: str | None = None
+    runs_left: int = 0  # selected items of this case (one per model), see release
+
+    def release(self) -> None:
+        """One item of this case ran and was reported. After the last, drop the record: every
+        request is built and every verdict made, and 50,000 records would otherwise stay to
+        the end of the session."""
+        self.runs_left -= 1
+        if self.runs_left <= 0:
+            self.record = _RELEASED
+
+
+# The record of a released case: rendering it again is a bug, and fails loudly.
+_RELEASED: dict[str, Any] = {}
+
+
+def _record_of(case: Case) -> dict[str, Any]:
+    if case.record is _RELEASED:
+        raise RuntimeError(f"case {case.id} was released after its run; it cannot be rendered")
+    return case.record
 
 
 def fill(template: str, record: dict[str, Any]) -> str:
@@ -489,7 +508,10 @@ class Dataset:
                     )
                 seen.add(case_id)
                 reference = self.evaluator.reference(record[cfg.answer_field])
-                cases.append(Case(case_id, len(cases), record, reference, subset))
+                # A case keeps the fields its prompt uses: a worked solution in the answer
+                # field, or the raw choices, would otherwise stay in memory for every case.
+                used = {name: record[name] for name in placeholders}
+                cases.append(Case(case_id, len(cases), used, reference, subset))
         return cases
 
     def _case_id(self, index: int, record: dict[str, Any], path: Path, lineno: int) -> str:
@@ -548,7 +570,7 @@ class Dataset:
         shots = self.fewshot_for(case.subset)
         spec = self.config.fewshot or {}
         if isinstance(prompt, str):
-            text = fill(prompt, case.record)
+            text = fill(prompt, _record_of(case))
             if shots:
                 example = spec.get("example", prompt)
                 if not isinstance(example, str):
@@ -563,7 +585,8 @@ class Dataset:
                     return text.replace("{fewshot}", rendered)
                 return rendered + str(spec.get("separator", "\n\n")) + text
             return text
-        messages = [{"role": m["role"], "content": fill(m["content"], case.record)} for m in prompt]
+        record = _record_of(case)
+        messages = [{"role": m["role"], "content": fill(m["content"], record)} for m in prompt]
         if shots:
             example = spec.get("example")
             if not isinstance(example, list):
@@ -588,7 +611,7 @@ class Dataset:
             decor |= set(string.ascii_uppercase)
         names = sorted(self.placeholders, key=self._placeholder_position)
         for name in [n for n in names if n not in decor and len(n) > 1] or names:
-            return str(case.record.get(name, ""))
+            return str(_record_of(case).get(name, ""))
         return prompt_preview(self.render(case))
 
     def _placeholder_position(self, name: str) -> int:

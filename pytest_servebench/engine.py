@@ -27,6 +27,38 @@ from .transport import make_client
 log = logging.getLogger("servebench.engine")
 
 
+# asyncio.timeout (3.11+) bounds the request inside its own task; wait_for makes a new task
+# for every request.
+_deadline: Callable[[float], Any] = getattr(asyncio, "timeout", None) or (
+    lambda seconds: _WaitForTimeout(seconds)
+)
+
+
+class _WaitForTimeout:
+    """Python 3.10: a timeout context that cancels the task and raises TimeoutError."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.handle: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handle = asyncio.get_running_loop().call_later(self.seconds, self._expire, task)
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self.expired = True
+        task.cancel()
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        assert self.handle is not None
+        self.handle.cancel()
+        if self.expired and kind is asyncio.CancelledError:
+            raise asyncio.TimeoutError
+        return False
+
+
 class RunAborted(Exception):
     """The run cannot go on (endpoint unreachable, credentials rejected, interrupted)."""
 
@@ -288,7 +320,13 @@ class Engine:
         def next_job() -> Job | None:
             # Jobs are built lazily so that a 50,000-case task never holds every prompt at once.
             while not jobs and pending:
-                jobs.extend(run.make_jobs(pending.popleft()))
+                case_id = pending.popleft()
+                try:
+                    jobs.extend(run.make_jobs(case_id))
+                except Exception as exc:  # the case fails; the worker and the run go on
+                    log.exception("%s %s: cannot build the request", run.key, case_id)
+                    message = f"internal error building the request: {type(exc).__name__}: {exc}"
+                    run.fail(Job(case_id, 0, run.samples, {}, ""), message)
             return jobs.popleft() if jobs else None
 
         async def worker() -> None:
@@ -335,9 +373,8 @@ class Engine:
                         endpoint.client, url, job.body, chat, config.stream, endpoint.headers
                     )
                     if config.request_timeout:
-                        replies, latency, ttft = await asyncio.wait_for(
-                            coro, config.request_timeout
-                        )
+                        async with _deadline(config.request_timeout):
+                            replies, latency, ttft = await coro
                     else:
                         replies, latency, ttft = await coro
                     progress.received += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,11 +24,18 @@ class WrongAnswer(Exception):
     """The case was served and judged wrong."""
 
 
+# One marker object shared by every task (`pytest.mark.NAME` builds a new one on each access).
+_SERVEBENCH_MARK = pytest.mark.servebench
+
+
 class TaskCollector(pytest.Collector):
     def __init__(self, *, task: Task, state: TaskState, **kwargs: Any):
         super().__init__(**kwargs)
         self.task = task
         self.state = state
+        # On the task, not on each case: `-m servebench` and `-k servebench` see the marks of
+        # parents, and a case without marks of its own can take the lean run protocol (perf.py).
+        self.add_marker(_SERVEBENCH_MARK)
 
     def collect(self) -> list[CaseItem]:
         return [CaseItem.from_parent(self, name=case.id, case=case) for case in self.task.cases]
@@ -36,8 +44,8 @@ class TaskCollector(pytest.Collector):
         return self.path, None, self.nodeid
 
 
-# One marker object shared by every case (`pytest.mark.NAME` builds a new one on each access).
-_SERVEBENCH_MARK = pytest.mark.servebench
+_NO_RECORDS: tuple[dict[str, Any], ...] = ()
+_NO_EXTRA_KEYWORDS: frozenset[str] = frozenset()
 
 
 class CaseItem(pytest.Item):
@@ -45,8 +53,9 @@ class CaseItem(pytest.Item):
         super().__init__(**kwargs)
         self.case = case
         self.verdict: dict[str, Any] | None = None
-        self.records: list[dict[str, Any]] = []
-        self.add_marker(_SERVEBENCH_MARK)
+        self.records: Sequence[dict[str, Any]] = _NO_RECORDS
+        # Only ever read (-k matching): one shared empty set instead of one per case.
+        self.extra_keyword_matches = _NO_EXTRA_KEYWORDS  # type: ignore[assignment]
 
     @property
     def collector(self) -> TaskCollector:
@@ -58,7 +67,8 @@ class CaseItem(pytest.Item):
         self.records = state.records_for(self)
         self.verdict = state.judge(self.case, self.records)
         # JUnit properties: --junitxml shows each case's score, answer and reference.
-        self.user_properties += [
+        self.user_properties = [
+            *self.user_properties,
             (
                 "score",
                 sum(self.verdict["scores"]) / len(self.verdict["scores"])
@@ -79,8 +89,9 @@ class CaseItem(pytest.Item):
     def teardown(self) -> None:
         # The reports of setup and call are made: they, and the controller, keep what they
         # need. Outputs and the verdict held here would only grow memory with every case.
-        self.records = []
+        self.records = _NO_RECORDS
         self.verdict = None
+        self.case.release()
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RequestError):
@@ -125,8 +136,13 @@ class CaseItem(pytest.Item):
         return "\n".join(lines)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        # An empty domain: pytest -v would show dots of a case id ("807.json") as "::".
-        return self.path, None, ""
+        # The domain heads the case's section in pytest's failure summary. pytest -v shows the
+        # node id with the domain's dots as "::" when the id ends with it: a case id with dots
+        # ("807.json") gets a domain that does not end the node id.
+        name = self.name
+        if "." in name or "[" in name:
+            return self.path, None, f"{name} ({self.collector.task.key})"
+        return self.path, None, name
 
     def details(self) -> dict[str, Any]:
         """What a report shows of the case beyond its verdict (untrusted model text)."""

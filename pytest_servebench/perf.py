@@ -1,15 +1,22 @@
-"""Work-arounds for costs of pytest and Python that grow faster than the work a run does.
+"""Work-arounds for costs of pytest that grow faster than the work a run does.
 
 Each one leaves pytest's output as it was; it only changes how the same result is computed.
-Registered by the plugin (as "servebench-perf") only when an evaluation runs, and kept apart
-from the hooks so that each can be measured and removed on its own."""
+Kept apart from the hooks so that each can be measured and removed on its own."""
 
 from __future__ import annotations
 
-import gc
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _pytest.outcomes import Exit
+from _pytest.runner import CallInfo, check_interactive_exception
+
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup as _ExceptionGroup
+else:  # pytest depends on the backport there
+    from exceptiongroup import BaseExceptionGroup as _ExceptionGroup
 
 
 def index_teardown_reports(terminalreporter: Any) -> bool:
@@ -41,43 +48,234 @@ def index_teardown_reports(terminalreporter: Any) -> bool:
     return True
 
 
+# Plugins whose pytest_runtest_setup/call/teardown hooks do nothing a case needs: output and
+# log capture (a case prints nothing; servebench's own log does not propagate), skip and xfail
+# marks (cases with marks take pytest's own protocol), per-phase unraisable-exception and thread
+# exception checks (reported at the next item or session end instead), and plugins that act only
+# on tests using their fixtures. Any other plugin or conftest hooking a phase keeps pytest's own
+# protocol for every case.
+_NOTHING: tuple[Any, ...] = ()
+# Outcomes that pytest's report-making handles specially (skips, all-skipped groups).
+_NOT_PLAIN_FAILURES: tuple[type[BaseException], ...] = (pytest.skip.Exception, _ExceptionGroup)
+
+PHASE_HOOKS = ("pytest_runtest_setup", "pytest_runtest_call", "pytest_runtest_teardown")
+KNOWN_PHASE_PLUGINS = frozenset(
+    {
+        "runner",
+        "capturemanager",
+        "logging-plugin",
+        "skipping",
+        "unraisableexception",
+        "threadexception",
+        "hypothesispytest",
+        "benchmark",
+        "asyncio",
+        "pytest_asyncio.plugin",
+    }
+)
+
+
+def unknown_phase_plugins(config: pytest.Config) -> list[str]:
+    """Names of the plugins that hook a run phase and are not known to be safe to skip."""
+    pm = config.pluginmanager
+    names = set()
+    for hook in PHASE_HOOKS:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            name = pm.get_name(impl.plugin) or repr(impl.plugin)
+            if name not in KNOWN_PHASE_PLUGINS:
+                names.add(name)
+    return sorted(names)
+
+
+class CaseProtocol:
+    """pytest's run protocol for a case, without the per-phase hooks.
+
+    pytest runs every item as setup, call and teardown, each through a hook that capture,
+    logging and other plugins wrap: ~150 us an item on this project's 2-core machine, a quarter
+    of a 10,000-case run against a fast server. A case needs none of those wrappers, so this
+    protocol calls the item's setup, runtest and teardown directly (through pytest's SetupState,
+    as pytest does) and keeps every hook that reporting depends on: logstart, makereport,
+    logreport, exception_interact and logfinish, in pytest's order. pytest-html, junitxml,
+    --lf, -x and xdist see the same reports.
+
+    A case takes pytest's own protocol when it carries a mark (skip, xfail, ...), under --pdb,
+    --trace, --setup-only/--setup-show, or when a plugin outside KNOWN_PHASE_PLUGINS hooks a
+    phase."""
+
+    def __init__(self, config: pytest.Config, is_case: Callable[[pytest.Item], bool]) -> None:
+        self.is_case = is_case
+        self.config = config
+        self.blocked_by: list[str] | None = None  # known once collection registered conftests
+        self.enabled = not any(
+            getattr(config.option, name, False)
+            for name in ("usepdb", "trace", "setuponly", "setupshow")
+        )
+        self.reraise: tuple[type[BaseException], ...] = (Exit, KeyboardInterrupt)
+        self._hooks: dict[Any, Any] = {}  # collector -> its hook proxy (one per conftest scope)
+        self._keywords: tuple[Any, dict[str, int]] = (None, {})  # the last case's keywords
+
+    def applies(self, item: pytest.Item) -> bool:
+        if self.blocked_by is None:
+            self.blocked_by = unknown_phase_plugins(self.config)
+            self.enabled = self.enabled and not self.blocked_by
+        # own_markers: the servebench mark lives on the task, so a case has none of its own
+        return self.enabled and self.is_case(item) and not item.own_markers
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        if not self.applies(item):
+            return None
+        parent = item.parent
+        ihook = self._hooks.get(parent)
+        if ihook is None:
+            ihook = self._hooks[parent] = item.ihook
+        location = item.location
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
+        setup_state = item.session._setupstate
+        report = self._phase(item, ihook, "setup", lambda: setup_state.setup(item))
+        if report.passed:
+            self._phase(item, ihook, "call", item.runtest)
+        if item.session.shouldfail or item.session.shouldstop:
+            nextitem = None  # as pytest: tear everything down before the session stops
+        self._phase(item, ihook, "teardown", lambda: setup_state.teardown_exact(nextitem))
+        # junitxml read the properties from the teardown report; nothing adds to either list
+        # once the case has run, and the item lives to the session's end.
+        item.user_properties = _NOTHING  # type: ignore[assignment]
+        item._report_sections = _NOTHING  # type: ignore[assignment]
+        # What plugins stashed for this run of the case (tmp_path's per-phase outcomes) is read
+        # during its teardown at the latest; the item itself lives to the session's end.
+        storage = getattr(item.stash, "_storage", None)
+        if isinstance(storage, dict):
+            storage.clear()
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> pytest.TestReport | None:
+        """A phase's report, as TestReport.from_item_and_call makes it for a phase that passed
+        or failed, sharing what it can: one keywords dict for the three reports of a case
+        (pytest builds one each by walking the item's and every parent's keywords) and, on
+        pytest 9.2+, the item's structured node id (a report given the string parses its own).
+        Skips, exception groups and captured output take pytest's own path."""
+        excinfo = call.excinfo
+        if (
+            (excinfo is not None and isinstance(excinfo.value, _NOT_PLAIN_FAILURES))
+            or item._report_sections
+            or not self.applies(item)
+        ):
+            return None
+        cached_item, keywords = self._keywords
+        if cached_item is not item:
+            keywords = {name: 1 for name in item.keywords}
+            self._keywords = (item, keywords)
+        if excinfo is None:
+            outcome, longrepr = "passed", None
+        elif call.when == "call":
+            outcome, longrepr = "failed", item.repr_failure(excinfo)
+        else:
+            style = item.config.getoption("tbstyle", "auto")
+            outcome, longrepr = "failed", item._repr_failure_py(excinfo, style=style)
+        node_id = item.__dict__.get("_id")
+        return pytest.TestReport(
+            item.nodeid if node_id is None or isinstance(node_id, str) else node_id,
+            item.location,
+            keywords,
+            outcome,
+            longrepr,
+            call.when,
+            [],
+            call.duration,
+            call.start,
+            call.stop,
+            user_properties=item.user_properties,
+        )
+
+    def _phase(
+        self, item: pytest.Item, ihook: Any, when: Any, run: Callable[[], None]
+    ) -> pytest.TestReport:
+        call = CallInfo.from_call(run, when=when, reraise=self.reraise)
+        report: pytest.TestReport = ihook.pytest_runtest_makereport(item=item, call=call)
+        ihook.pytest_runtest_logreport(report=report)
+        if check_interactive_exception(call, report):
+            ihook.pytest_exception_interact(node=item, call=call, report=report)
+        return report
+
+
+def is_process_command_line(config: pytest.Config) -> bool:
+    """Whether this config is the process's own `pytest ...` command, which ends the process
+    when it returns (not pytest.main() from a script, a pytester run or an xdist worker)."""
+    return tuple(config.invocation_params.args) == tuple(sys.argv[1:])
+
+
+def keep_at_exit(*objects: object) -> None:
+    """Leave `objects` (and what they hold) for the OS to reclaim when the process exits.
+
+    At exit the interpreter frees every object one by one: ~0.2 s after a 10,000-case run,
+    spent after the last line is printed. A reference that is never dropped skips that."""
+    import ctypes
+
+    for obj in objects:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
 class PerfPlugin:
-    """Garbage collection: every full collection walks every object alive, and a run keeps
-    ~35 objects per case (the items, pytest's reports, the verdicts), so the full collections
-    Python triggers as a 10,000-case run grows took 10-15% of it. The objects made up to the
-    end of collection (the items, the cases, pytest's and the plugins' state) live until the
-    session ends: they are moved out of the collector's way (`gc.freeze`) for the run and put
-    back before any pytest_unconfigure hook runs, so pytest's own final collections (and the
-    unraisable-exception report they feed) see every object, as without this plugin.
+    """Registered by the servebench plugin (as "servebench-perf") when an evaluation runs."""
 
-    Made during the servebench plugin's pytest_configure; its cleanup puts the objects back
-    even when the session ends before pytest_unconfigure."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.frozen = False
-        config.add_cleanup(self._thaw)
-
-    def _thaw(self) -> None:
-        if self.frozen:
-            self.frozen = False
-            gc.unfreeze()
+    def __init__(self, is_case: Callable[[pytest.Item], bool], prefix: str) -> None:
+        self.is_case = is_case
+        self.prefix = prefix  # node ids of cases start with it
+        self.protocol: CaseProtocol | None = None
+        self.reporter: Any = None
+        self.session: pytest.Session | None = None
+        self._keywords: dict[str, dict[str, int]] = {}  # task node id -> shared report keywords
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        config = session.config
+        tr = config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             index_teardown_reports(tr)
+        self.protocol = CaseProtocol(config, self.is_case)
+        config.pluginmanager.register(self.protocol, "servebench-protocol")
+        self.session = session
+        self.reporter = tr
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        from .items import CaseItem
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Every plugin has seen the report: keep only what the terminal's summary reads.
 
-        if self.frozen or not any(isinstance(item, CaseItem) for item in session.items):
+        The terminal keeps every report to the end of the session, so whatever a report holds
+        grows with the dataset. The servebench payload (the verdict, read by the controller and
+        the html report in their own logreport hooks) goes. The report of a passed setup or
+        teardown without captured output is only ever counted in the uncounted "" category
+        (and searched for teardown sections it does not have): it is not kept. The JUnit
+        properties of a case, copied into each of its reports, go too."""
+        report.__dict__.pop("servebench", None)
+        if not report.nodeid.startswith(self.prefix):
             return
-        gc.collect()
-        gc.freeze()
-        self.frozen = True
+        if not report.__dict__.get("extras", True):
+            del report.extras  # pytest-html gives every report an empty list; it has read it
+        # Read by junitxml in its logreport hook; from now on one shared empty tuple.
+        report.user_properties = _NOTHING  # type: ignore[assignment]
+        if not report.sections:
+            report.sections = _NOTHING  # type: ignore[assignment]
+        # The keywords of a case's report (its name, its task's and the servebench mark) are
+        # read when the report is logged; a kept report shares its task's (without the name).
+        task, _, name = report.nodeid.rpartition("::")
+        shared = self._keywords.get(task)
+        if shared is None:
+            shared = self._keywords[task] = {k: v for k, v in report.keywords.items() if k != name}
+        report.keywords = shared
+        tr = self.reporter
+        if tr is None or report.when == "call" or not report.passed or report.sections:
+            return
+        kept = tr.stats.get("")
+        if kept and kept[-1] is report:
+            kept.pop()
 
-    @pytest.hookimpl(tryfirst=True)
+    @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        self._thaw()
+        if self.session is not None and is_process_command_line(config):
+            keep_at_exit(config, self.session)

@@ -12,7 +12,7 @@ import pytest
 
 from . import options as opts
 from . import perf, progress
-from .aggregate import TaskResult
+from .aggregate import TaskResult, Verdict
 from .engine import RunAborted
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
@@ -72,7 +72,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ServebenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(plugin, "servebench-run")
-    config.pluginmanager.register(perf.PerfPlugin(config), "servebench-perf")
+    config.pluginmanager.register(
+        perf.PerfPlugin(lambda item: isinstance(item, CaseItem), NODE_PREFIX + "/"),
+        "servebench-perf",
+    )
     if not is_worker(config):
         register_html(plugin)  # only when pytest-html is installed and --html is given
 
@@ -351,11 +354,9 @@ class ServebenchPlugin:
             self.abort_message = abort
         payload = getattr(report, "servebench", None)
         if payload:
-            self._result_for(payload["task"]).cases[payload["case"]] = {
-                k: v
-                for k, v in payload.items()
-                if k not in ("task", "case", "prompt", "outputs", "reasonings")
-            }
+            # The payload is the verdict plus what reports show (task, case, prompt, outputs):
+            # a Verdict keeps only the verdict's fields.
+            self._result_for(payload["task"]).cases[payload["case"]] = Verdict(payload)
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True
@@ -438,8 +439,9 @@ class ServebenchPlugin:
                         break
                     records.append(record)
             if len(records) == task.samples:
-                result.cases[case.id] = judge_case(
-                    task.dataset.evaluator, case.reference, records, self.options.mode
+                result.add(
+                    case.id,
+                    judge_case(task.dataset.evaluator, case.reference, records, self.options.mode),
                 )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

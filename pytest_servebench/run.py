@@ -209,6 +209,8 @@ class Run:
 
     def set_items(self, items: list[CaseItem]) -> None:
         self._items = items
+        for item in items:  # the models of a run share a dataset's cases
+            item.case.runs_left += 1
 
     def items_of(self, task: Task) -> list[CaseItem]:
         return [i for i in self._items if i.collector.task is task]

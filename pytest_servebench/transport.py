@@ -13,6 +13,11 @@ bodies, 1xx replies skipped, keep-alive unless either side says ``Connection: cl
 byte stream, so streamed (SSE) replies arrive piece by piece; httpx decodes content encodings
 and text as usual.
 
+``LeanTransport.send_raw`` is the same pool and wire code without httpx around it: it takes
+a request already serialized and returns the reply's parsed head and its body stream. httpx's
+client costs several times what the transport does per request; client.send uses this for
+its hot POST.
+
 Errors are httpx's, so callers cannot tell the difference from httpx's own transport:
 
 * connect failures: ``httpx.ConnectError``; connect timeout: ``httpx.ConnectTimeout``;
@@ -38,31 +43,47 @@ import collections
 import select
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 
-__all__ = ["LeanTransport"]
+__all__ = ["LeanTransport", "make_client", "origin"]
 
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 _HIGH_WATER = 256 * 1024  # pause reading when this much is buffered and not consumed
+_READ_SIZE = 64 * 1024  # one read from the socket at most
 _NO_BODY_STATUS = (204, 304)
 _poll = getattr(select, "poll", None)  # not on Windows: there, rely on eof_received alone
 _POLL_MASK = getattr(select, "POLLIN", 1) | getattr(select, "POLLRDHUP", 0)
 
 
-def _timeout(request: httpx.Request, kind: str) -> float | None:
+Timeouts = Mapping[str, float | None]  # httpx's form: "connect", "read", "write", "pool"
+
+
+def _timeouts(request: httpx.Request) -> Timeouts:
     timeouts = request.extensions.get("timeout")
-    return timeouts.get(kind) if isinstance(timeouts, dict) else None
+    return timeouts if isinstance(timeouts, dict) else {}
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection: a receive buffer and a way to wait for more bytes."""
+def origin(url: httpx.URL) -> tuple[bytes, bytes, int]:
+    """The pool key of a http(s) URL: (scheme, host, port)."""
+    scheme = url.raw_scheme
+    return scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80)
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP (or TLS) connection: a receive buffer and a way to wait for more bytes.
+
+    A buffered protocol: asyncio's plain protocols receive each read as a new 256 KiB bytes
+    object, shrunk afterwards, and that allocation (an mmap and munmap) costs more than the
+    whole rest of a small reply's parsing. Reads go into a buffer the transport's connections
+    share (a read is copied out at once, in the same callback) instead."""
 
     __slots__ = (
         "_drain_waiter",
         "_paused",
+        "_read_buffer",
         "_waiter",
         "_write_paused",
         "buf",
@@ -74,9 +95,15 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[bytes, bytes, int]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: tuple[bytes, bytes, int],
+        read_buffer: memoryview,
+    ) -> None:
         self.loop = loop
         self.key = key
+        self._read_buffer = read_buffer
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.eof = False  # the server closed its side (or the connection is gone)
@@ -91,8 +118,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buf += self._read_buffer[:nbytes]
         if not self._paused and len(self.buf) > _HIGH_WATER and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -162,7 +192,7 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def wait_data(self, timeout: float | None, request: httpx.Request) -> None:
+    async def wait_data(self, timeout: float | None, request: httpx.Request | None) -> None:
         """Wait until more bytes arrive or the connection ends; ReadTimeout after `timeout`."""
         if self.eof:
             return
@@ -181,7 +211,9 @@ class _Connection(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
 
-    async def write(self, data: bytes, timeout: float | None, request: httpx.Request) -> None:
+    async def write(
+        self, data: bytes, timeout: float | None, request: httpx.Request | None
+    ) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             raise httpx.WriteError("the connection is closed", request=request)
@@ -210,7 +242,9 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(asyncio.TimeoutError())
 
 
-def _lost_error(conn: _Connection, request: httpx.Request, what: str) -> httpx.TransportError:
+def _lost_error(
+    conn: _Connection, request: httpx.Request | None, what: str
+) -> httpx.TransportError:
     """The error for a connection that ended while `what` was being read."""
     if conn.error is not None:
         return httpx.ReadError(str(conn.error) or type(conn.error).__name__, request=request)
@@ -220,7 +254,19 @@ def _lost_error(conn: _Connection, request: httpx.Request, what: str) -> httpx.T
 
 
 class _Head:
-    __slots__ = ("close", "headers", "length", "mode", "reason", "status", "version")
+    """A reply's status line and headers, and what they say about its body."""
+
+    __slots__ = (
+        "close",
+        "cookies",
+        "encoded",
+        "headers",
+        "length",
+        "mode",
+        "reason",
+        "status",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -230,10 +276,13 @@ class _Head:
         self.mode = "length"  # "length", "chunked", "close" (until EOF), "none"
         self.length = 0
         self.close = False
+        self.cookies = False  # a Set-Cookie header is present
+        self.encoded = False  # a Content-Encoding other than identity is present
 
 
-def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
-    """Status, headers, how the body is framed and whether the connection stays open."""
+def _parse_head(raw: bytes, request: httpx.Request | None, no_body: bool) -> _Head:
+    """Status, headers, how the body is framed and whether the connection stays open.
+    `no_body`: the request was a HEAD."""
     lines = raw.split(b"\r\n")
     status_line = lines[0]
     parts = status_line.split(b" ", 2)
@@ -277,13 +326,17 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
             transfer = value.lower() if transfer is None else transfer + b"," + value.lower()
         elif lower == b"connection":
             connection += b"," + value.lower()
+        elif lower == b"set-cookie" or lower == b"set-cookie2":
+            head.cookies = True
+        elif lower == b"content-encoding" and value.lower() != b"identity":
+            head.encoded = True
     tokens = {t.strip() for t in connection.split(b",")}
     if head.version == b"HTTP/1.0":
         head.close = b"keep-alive" not in tokens
     else:
         head.close = b"close" in tokens
     if (
-        request.method == "HEAD"
+        no_body
         or head.status in _NO_BODY_STATUS
         or (100 <= head.status < 200 and head.status != 101)
     ):
@@ -307,14 +360,16 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The body of one reply, read from its connection as the caller iterates."""
+    """The body of one reply, read from its connection as the caller iterates (httpx) or
+    calls `receive`/`read` (the fast path)."""
 
     def __init__(
         self,
         transport: LeanTransport,
         conn: _Connection,
         head: _Head,
-        request: httpx.Request,
+        request: httpx.Request | None,
+        read_timeout: float | None,
         reusable: bool,
     ) -> None:
         self._transport = transport
@@ -325,7 +380,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._decoder = _ChunkedDecoder(request) if head.mode == "chunked" else None
         self._request = request
         self._reusable = reusable and not head.close
-        self._read_timeout = _timeout(request, "read")
+        self._read_timeout = read_timeout
 
     def _take(self) -> tuple[bytes, bool]:
         """What the buffer holds of the body now -> (bytes, body complete)."""
@@ -370,10 +425,11 @@ class _ResponseStream(httpx.AsyncByteStream):
             request=self._request,
         )
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def receive(self) -> bytes:
+        """The next piece of the body, b"" once all of it was read."""
         conn = self._conn
         if conn is None:
-            raise httpx.StreamClosed()
+            return b""
         try:
             while True:
                 piece, complete = self._take()
@@ -382,19 +438,36 @@ class _ResponseStream(httpx.AsyncByteStream):
                     # stops at the last piece (or never asks again) must not cost the
                     # connection.
                     self._finish(self._reusable)
-                    if piece:
-                        yield piece
-                    return
+                    return piece
                 if piece:
-                    yield piece
-                    continue
+                    return piece
                 if conn.eof:
                     if self._mode == "close" and conn.error is None:
                         self._finish(False)
-                        return
+                        return b""
                     raise self._ended_early()
                 await conn.wait_data(self._read_timeout, self._request)
         except BaseException:
+            self._finish(False)
+            raise
+
+    async def read(self) -> bytes:
+        """The rest of the body."""
+        piece = await self.receive()
+        if self._conn is None:  # the usual case: the whole body was in the buffer
+            return piece
+        parts = [piece]
+        while piece := await self.receive():
+            parts.append(piece)
+        return b"".join(parts)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._conn is None:
+            raise httpx.StreamClosed()
+        try:
+            while piece := await self.receive():
+                yield piece
+        except BaseException:  # includes the generator closed early: the rest is unknown
             self._finish(False)
             raise
 
@@ -427,14 +500,14 @@ class _ChunkedDecoder:
 
     __slots__ = ("done", "remaining", "request", "state")
 
-    def __init__(self, request: httpx.Request) -> None:
+    def __init__(self, request: httpx.Request | None) -> None:
         self.request = request
         self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
         self.remaining = 0
         self.done = False
 
     def feed(self, buf: bytearray) -> bytes:
-        out: list[bytes] = []
+        out: list[bytearray] = []
         pos = 0
         n = len(buf)
         while not self.done:
@@ -446,25 +519,35 @@ class _ChunkedDecoder:
                             "chunk size line too long", request=self.request
                         )
                     break
-                line = bytes(buf[pos:end]).split(b";", 1)[0].strip()
+                line = buf[pos:end]
+                if b";" in line:
+                    line = line.split(b";", 1)[0]
                 try:
-                    size = int(line, 16)
+                    size = int(line, 16)  # blanks around it are fine
                     if size < 0:
                         raise ValueError
                 except ValueError:
                     raise httpx.RemoteProtocolError(
-                        f"malformed chunk size {line[:20]!r}", request=self.request
+                        f"malformed chunk size {bytes(line[:20])!r}", request=self.request
                     ) from None
                 pos = end + 2
+                stop = pos + size
                 if size == 0:
                     self.state = 3
+                elif stop + 2 <= n:  # the whole chunk is here (SSE: usually one event)
+                    if buf[stop : stop + 2] != b"\r\n":
+                        raise httpx.RemoteProtocolError(
+                            "malformed chunk: no CRLF after the data", request=self.request
+                        )
+                    out.append(buf[pos:stop])
+                    pos = stop + 2
                 else:
                     self.remaining, self.state = size, 1
             elif self.state == 1:
                 take = min(self.remaining, n - pos)
                 if take <= 0:
                     break
-                out.append(bytes(buf[pos : pos + take]))
+                out.append(buf[pos : pos + take])
                 pos += take
                 self.remaining -= take
                 if self.remaining == 0:
@@ -487,7 +570,7 @@ class _ChunkedDecoder:
                 pos = end + 2
         if pos:
             del buf[:pos]
-        return b"".join(out) if len(out) != 1 else out[0]
+        return b"".join(out)
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -514,6 +597,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         ] = collections.deque()
         self._closed = False
         self._all: set[_Connection] = set()
+        self._read_buffer = memoryview(bytearray(_READ_SIZE))  # see _Connection
         self.connections_opened = 0  # for tests and benchmarks
 
     # -- the pool ------------------------------------------------------------------------
@@ -552,7 +636,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._all.discard(conn)
             self._count -= 1
 
-    async def _acquire(self, key: tuple[bytes, bytes, int], request: httpx.Request) -> _Connection:
+    async def _acquire(
+        self, key: tuple[bytes, bytes, int], timeouts: Timeouts, request: httpx.Request | None
+    ) -> _Connection:
         if self._closed:
             raise RuntimeError("the transport is closed")
         if not self._waiters:
@@ -561,12 +647,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 return conn
             if self._count < self.max_connections or self._free_slot_from_other_origin():
                 self._count += 1
-                return await self._open(key, request)
+                return await self._open(key, timeouts, request)
         # Wait in line; a releaser hands over a connection to reuse, or None: open one (the
         # releaser already counted it for us).
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append((key, waiter))
-        timeout = _timeout(request, "pool")
+        timeout = timeouts.get("pool")
         try:
             got = await asyncio.wait_for(waiter, timeout) if timeout is not None else await waiter
         except asyncio.TimeoutError:
@@ -579,7 +665,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise
         if got is not None:
             return got
-        return await self._open(key, request)
+        return await self._open(key, timeouts, request)
 
     def _hand_back(self, conn: _Connection | None) -> None:
         """A waiter that was handed a connection (or a slot) gave up: pass it on."""
@@ -625,12 +711,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if self._waiters and self._count < self.max_connections:
             self._wake_waiter(None)
 
-    async def _open(self, key: tuple[bytes, bytes, int], request: httpx.Request) -> _Connection:
+    async def _open(
+        self, key: tuple[bytes, bytes, int], timeouts: Timeouts, request: httpx.Request | None
+    ) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
-        conn = _Connection(loop, key)
+        conn = _Connection(loop, key, self._read_buffer)
         self._all.add(conn)
-        timeout = _timeout(request, "connect")
+        timeout = timeouts.get("connect")
         try:
             coro = loop.create_connection(
                 lambda: conn,
@@ -666,27 +754,28 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     # -- one request ---------------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.raw_scheme
+        scheme = request.url.raw_scheme
         if scheme not in (b"http", b"https"):
             raise httpx.UnsupportedProtocol(
                 f"unsupported URL scheme {scheme.decode()!r}", request=request
             )
-        port = url.port or (443 if scheme == b"https" else 80)
-        key = (scheme, url.raw_host, port)
+        key = origin(request.url)
+        timeouts = _timeouts(request)
         head_bytes, body, chunked = await _serialize(request)
-        conn = await self._acquire(key, request)
+        conn = await self._acquire(key, timeouts, request)
         try:
-            await conn.write(head_bytes, _timeout(request, "write"), request)
+            await conn.write(head_bytes, timeouts.get("write"), request)
             if body is not None:
-                await _write_body(conn, body, chunked, request)
-            head = await self._read_head(conn, request)
+                await _write_body(conn, body, chunked, timeouts.get("write"), request)
+            head = await self._read_head(
+                conn, timeouts.get("read"), request, request.method == "HEAD"
+            )
         except BaseException:
             self._release(conn, False)
             raise
-        stream = _ResponseStream(self, conn, head, request, reusable=True)
-        if _connection_close(request):
-            stream._reusable = False
+        stream = _ResponseStream(
+            self, conn, head, request, timeouts.get("read"), not _connection_close(request)
+        )
         return httpx.Response(
             head.status,
             headers=head.headers,
@@ -694,8 +783,34 @@ class LeanTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": head.version, "reason_phrase": head.reason},
         )
 
-    async def _read_head(self, conn: _Connection, request: httpx.Request) -> _Head:
-        read_timeout = _timeout(request, "read")
+    async def send_raw(
+        self,
+        key: tuple[bytes, bytes, int],
+        data: bytes,
+        timeouts: Timeouts,
+        keep_alive: bool = True,
+    ) -> tuple[_Head, _ResponseStream]:
+        """Send a request already serialized (head and body, `data`) to the origin `key` and
+        read the reply's head: the hot path of client.send, without httpx's Request and
+        Response. The errors are those of `handle_async_request` (with no request). Read the
+        body from the stream (`read`, `receive`), or `aclose` it."""
+        conn = await self._acquire(key, timeouts, None)
+        read_timeout = timeouts.get("read")
+        try:
+            await conn.write(data, timeouts.get("write"), None)
+            head = await self._read_head(conn, read_timeout, None, False)
+        except BaseException:
+            self._release(conn, False)
+            raise
+        return head, _ResponseStream(self, conn, head, None, read_timeout, keep_alive)
+
+    async def _read_head(
+        self,
+        conn: _Connection,
+        read_timeout: float | None,
+        request: httpx.Request | None,
+        no_body: bool,
+    ) -> _Head:
         started = False
         while True:
             buf = conn.buf
@@ -720,7 +835,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 continue
             raw = bytes(buf[:end])
             del buf[: end + 4]
-            head = _parse_head(raw, request)
+            head = _parse_head(raw, request, no_body)
             if 100 <= head.status < 200 and head.status != 101:
                 started = True
                 continue  # informational: the real reply follows
@@ -762,9 +877,12 @@ async def _serialize(request: httpx.Request) -> tuple[bytes, bytes | list[bytes]
 
 
 async def _write_body(
-    conn: _Connection, body: bytes | list[bytes], chunked: bool, request: httpx.Request
+    conn: _Connection,
+    body: bytes | list[bytes],
+    chunked: bool,
+    timeout: float | None,
+    request: httpx.Request,
 ) -> None:
-    timeout = _timeout(request, "write")
     parts = [body] if isinstance(body, bytes) else body
     for part in parts:
         if not part:

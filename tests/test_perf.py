@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from pathlib import Path
@@ -11,11 +10,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import write_suite
 from pytest_servebench import yamlio
 from pytest_servebench.engine import RunAborted, TaskRun
 from pytest_servebench.perf import index_teardown_reports
-from pytest_servebench.testing.mockserver import MockServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,10 +147,10 @@ def test_yaml_errors_keep_the_pure_loaders_message(tmp_path, text):
     assert expected in str(fast.value)
 
 
-# --------------------------------------------------------------------------- gc
+def test_failure_summary_of_a_run_is_complete_with_the_index(pytester):
+    from conftest import write_suite
+    from pytest_servebench.testing.mockserver import MockServer
 
-
-def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     write_suite(
         pytester.path,
         "tiny",
@@ -162,12 +159,11 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     )
     (pytester.path / "datasets").mkdir()
     (pytester.path / "datasets" / "tiny.jsonl").write_text(
-        "".join(f'{{"question": "q{i}", "answer": "#### 18"}}\n' for i in range(5))
+        "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(6))
     )
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    assert gc.get_freeze_count() == 0
-    with MockServer(lambda r: "answer: 18") as srv:
-        result = pytester.inline_run(
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = pytester.runpytest_inprocess(
             "--sb-models",
             "vllm_chat",
             "--sb-datasets",
@@ -178,5 +174,269 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
             "-p",
             "no:cacheprovider",
         )
-    result.assertoutcome(passed=5)
-    assert gc.get_freeze_count() == 0
+    result.assert_outcomes(passed=1, failed=5)
+    out = result.stdout.str()
+    assert out.count("wrong answer (0/1 samples correct)") == 5
+    assert out.count("FAILED servebench/vllm_chat/tiny::") == 5
+
+
+# --------------------------------------------------------------------------- lean run protocol
+
+
+def _tiny_eval(pytester, n: int = 6) -> None:
+    from conftest import write_suite
+
+    write_suite(
+        pytester.path,
+        "tiny",
+        "kind: dataset\npath: tiny.jsonl\nanswer_field: answer\n"
+        "prompt: 'Question: {question}'\nevaluator: {type: gsm8k}\n",
+    )
+    (pytester.path / "datasets").mkdir(exist_ok=True)
+    (pytester.path / "datasets" / "tiny.jsonl").write_text(
+        "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(n))
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+
+def _run_tiny(pytester, url: str, *extra: str):
+    return pytester.runpytest_subprocess(
+        "--sb-models",
+        "vllm_chat",
+        "--sb-datasets",
+        "tiny",
+        f"--sb-set=vllm_chat.base_url={url}",
+        "--sb-set=vllm_chat.model=m",
+        "--sb-work-dir=out",
+        "-rA",
+        *extra,
+    )
+
+
+# A conftest that hooks a run phase: every case then takes pytest's own protocol.
+PHASE_CONFTEST = "def pytest_runtest_setup(item):\n    pass\n"
+
+
+def _junit_cases(path: Path) -> list[tuple]:
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        props = tuple((p.get("name"), p.get("value")) for p in case.iter("property"))
+        kinds = tuple(sorted(child.tag for child in case if child.tag != "properties"))
+        texts = tuple(child.text for child in case if child.tag in ("failure", "error"))
+        out.append((case.get("classname"), case.get("name"), props, kinds, texts))
+    return out
+
+
+def _normalized(text: str) -> list[str]:
+    """The output without timings and paths that differ between two runs."""
+    import re
+
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"in [\d.]+s", "in Xs", line)
+        line = re.sub(r"\d{8}_\d{6}", "STAMP", line)
+        line = re.sub(r"[\d.]+ req/s.*", "", line)
+        line = re.sub(r"(lean|pytest)\.xml", "X.xml", line)
+        if "rootdir:" in line or "platform" in line or "servebench] " in line:
+            continue
+        lines.append(line)
+    return lines
+
+
+def test_lean_protocol_reports_exactly_what_pytests_own_does(pytester):
+    """Same outcomes, same terminal output (-rA), same JUnit XML, same failure texts, with and
+    without the lean protocol (a conftest hooking a phase turns it off for every case)."""
+    from pytest_servebench.testing.mockserver import MockServer
+
+    _tiny_eval(pytester)
+    runs = {}
+    with MockServer(lambda r: "answer: 3") as srv:
+        for name, conftest in (("lean", ""), ("pytest", PHASE_CONFTEST)):
+            pytester.makeconftest(conftest)
+            result = _run_tiny(
+                pytester, srv.base_url, f"--junitxml={name}.xml", "-p", "no:cacheprovider"
+            )
+            runs[name] = (result, _junit_cases(pytester.path / f"{name}.xml"))
+    (lean, lean_junit), (own, own_junit) = runs["lean"], runs["pytest"]
+    lean.assert_outcomes(passed=1, failed=5)
+    own.assert_outcomes(passed=1, failed=5)
+    assert lean_junit == own_junit
+    assert len(lean_junit) == 6 and all(dict(c[2])["reference"] for c in lean_junit)
+    assert _normalized(lean.stdout.str()) == _normalized(own.stdout.str())
+    # the failure sections are headed by the case, not by "test session"
+    out = lean.stdout.str()
+    assert "_ q0000_" in out and "_ test session _" not in out
+
+
+def test_lean_protocol_leaves_marked_cases_and_stops_to_pytest(pytester):
+    """A case marked xfail by a conftest runs under pytest's own protocol (and xfails); -x
+    stops after the first failure as usual; --lf then reruns exactly the failures."""
+    from pytest_servebench.testing.mockserver import MockServer
+
+    _tiny_eval(pytester)
+    pytester.makeconftest(
+        "import pytest\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        if item.name.startswith('q0002'):\n"
+        "            item.add_marker(pytest.mark.xfail(reason='known bad'))\n"
+    )
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = _run_tiny(pytester, srv.base_url)
+        result.assert_outcomes(passed=1, failed=4, xfailed=1)
+        stopped = _run_tiny(pytester, srv.base_url, "-x", "--sb-resend")
+        stopped.assert_outcomes(failed=1)
+        again = _run_tiny(pytester, srv.base_url, "--lf")
+        again.assert_outcomes(failed=4, deselected=2)
+
+
+def test_kept_reports_are_trimmed_after_every_plugin_read_them(pytester):
+    """The terminal keeps the reports; the plugin drops what none reads after logreport."""
+    from pytest_servebench.testing.mockserver import MockServer
+
+    _tiny_eval(pytester)
+    pytester.makeconftest(
+        "import pytest\n"
+        "seen = []\n"
+        "def pytest_runtest_logreport(report):\n"
+        "    if report.when == 'call':\n"
+        "        seen.append((report.servebench['status'], dict(report.user_properties)))\n"
+        "@pytest.hookimpl(trylast=True)\n"
+        "def pytest_sessionfinish(session):\n"
+        "    tr = session.config.pluginmanager.get_plugin('terminalreporter')\n"
+        "    kept = [r for reps in tr.stats.values() for r in reps if hasattr(r, 'when')]\n"
+        "    assert len(seen) == 6 and all(props['reference'] for _, props in seen)\n"
+        "    assert sorted(r.when for r in kept) == ['call'] * 6\n"
+        "    assert not any(hasattr(r, 'servebench') or r.user_properties for r in kept)\n"
+        "    assert len({id(r.keywords) for r in kept}) == 1\n"
+        "    assert all(item.case.record == {} for item in session.items)\n"
+        "    print('TRIM-CHECKED')\n"
+    )
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = _run_tiny(pytester, srv.base_url, "-s")
+    result.assert_outcomes(passed=1, failed=5)
+    assert "TRIM-CHECKED" in result.stdout.str()
+
+
+def test_a_case_whose_request_cannot_be_built_fails_without_stalling_the_task(tmp_path):
+    from pytest_servebench.config import ModelConfig
+    from pytest_servebench.engine import Engine, Job
+    from pytest_servebench.store import PredictionWriter
+    from pytest_servebench.testing.mockserver import MockServer
+
+    def make_jobs(case_id: str) -> list[Job]:
+        if case_id == "b":
+            raise ValueError("no template")
+        return [Job(case_id, 0, 1, {"prompt": case_id}, "h")]
+
+    with MockServer(lambda r: "answer: 1") as srv:
+        model = ModelConfig(
+            name="m", source="test", type="openai-completions", base_url=srv.base_url, model="x"
+        )
+        engine = Engine(lambda cfg: {})
+        try:
+            writer = PredictionWriter(tmp_path / "p.jsonl")
+            run = engine.start("m/d", model, writer, 1, ["a", "b", "c"], make_jobs)
+            got = {cid: run.wait(cid, 10.0) for cid in ("a", "b", "c")}
+        finally:
+            engine.close()
+    assert got["a"][0]["ok"] and got["c"][0]["ok"]
+    assert not got["b"][0]["ok"] and "no template" in got["b"][0]["error"]
+
+
+# --------------------------------------------------------------------------- compact storage
+
+
+def test_results_json_is_written_as_json_reads_it(tmp_path):
+    import json
+
+    from pytest_servebench.store import write_json
+
+    data = {
+        "model": "m",
+        "nested": {"a": [1, 2, {"b": "x\ny"}], "empty": {}},
+        "list": [1, "two"],
+        "empty_list": [],
+        "unicode": "中文",
+        "cases": ({"case": f"c{i}", "v": [i, None, True]} for i in range(3)),
+        "no_cases": (x for x in ()),
+    }
+    expected = {**data, "cases": [{"case": f"c{i}", "v": [i, None, True]} for i in range(3)]}
+    expected["no_cases"] = []
+    write_json(tmp_path / "r.json", data)
+    text = (tmp_path / "r.json").read_text(encoding="utf-8")
+    assert json.loads(text) == expected
+    assert '\n    {"case": "c1", "v": [1, null, true]},\n' in text
+    assert "中文" in text
+    for plain in ([1, 2], "s", {}, {"a": {"b": 1}}):
+        write_json(tmp_path / "p.json", plain)
+        assert json.loads((tmp_path / "p.json").read_text()) == plain
+
+
+def test_compact_verdict_reads_like_the_dict_it_replaces():
+    from pytest_servebench.aggregate import TaskResult, Verdict
+    from pytest_servebench.evaluators import get_evaluator
+    from pytest_servebench.scoring import judge_case
+
+    evaluator = get_evaluator("gsm8k")
+    records = [
+        {"ok": True, "content": "answer: 3", "latency": 0.5, "finish_reason": "stop"},
+        {"ok": True, "content": "answer: 4", "latency": 0.25, "completion_tokens": 7},
+    ]
+    verdict = judge_case(evaluator, "3", records, "all")
+    compact = Verdict(verdict)
+    assert dict(compact) == {k: tuple(v) if isinstance(v, list) else v for k, v in verdict.items()}
+    assert compact["votes"] == ("3", "4") and compact.get("nope") is None
+    with pytest.raises(KeyError):
+        compact["nope"]
+    result = TaskResult("m/d", "m", "m", "d", "d", "v", "gen", "all", 2, ["c"])
+    result.add("c", verdict)
+    assert result.to_json()["metrics"]
+    assert next(iter(result.to_json()["cases"]))["votes"] == ("3", "4")
+    odd = {**verdict, "extra": 1}
+    result.add("c", odd)
+    assert result.cases["c"] is odd  # unknown keys: kept as given
+
+
+def test_only_the_process_own_command_line_leaves_its_objects_at_exit(pytester, monkeypatch):
+    from pytest_servebench.perf import is_process_command_line
+
+    config = pytester.parseconfig("-q", "x.py")
+    assert not is_process_command_line(config)  # pytest.main() / pytester: the process goes on
+    monkeypatch.setattr("sys.argv", ["pytest", *config.invocation_params.args])
+    assert is_process_command_line(config)
+
+
+def test_case_ids_with_dots_keep_their_node_id_in_verbose_output(pytester):
+    from conftest import write_suite
+    from pytest_servebench.testing.mockserver import MockServer
+
+    write_suite(
+        pytester.path,
+        "dotted",
+        "kind: dataset\npath: dotted.jsonl\nanswer_field: answer\nid_field: id\n"
+        "prompt: 'Question: {question}'\nevaluator: {type: gsm8k}\n",
+    )
+    (pytester.path / "datasets").mkdir()
+    (pytester.path / "datasets" / "dotted.jsonl").write_text(
+        '{"id": "test_807.json", "question": "q", "answer": "#### 1"}\n'
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = pytester.runpytest_subprocess(
+            "--sb-models=vllm_chat",
+            "--sb-datasets=dotted",
+            f"--sb-set=vllm_chat.base_url={srv.base_url}",
+            "--sb-set=vllm_chat.model=m",
+            "--sb-work-dir=out",
+            "-v",
+        )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "servebench/vllm_chat/dotted::test_807.json FAILED*",
+            "*_ test_807.json (vllm_chat/dotted) _*",
+        ]
+    )

@@ -241,6 +241,37 @@ def test_content_length_body_in_many_writes_and_large_body():
     asyncio.run(main())
 
 
+def test_connections_reading_at_once_keep_their_own_bytes():
+    """Reads of all connections go through one shared buffer: bodies must not mix."""
+
+    async def handler(reader, writer):
+        while await read_or_eof(srv, reader):
+            path = srv.requests[-1].split(b" ")[1]
+            body = path * (300_000 // len(path))  # each body says which request it answers
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 50_000):
+                writer.write(body[i : i + 50_000])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        nonlocal srv
+        async with RawServer(handler) as srv:
+            transport = LeanTransport(8)
+            async with client_for(transport) as client:
+
+                async def one(i: int) -> None:
+                    r = await client.get(f"{srv.url}/{i:04d}")
+                    path = f"/{i:04d}".encode()
+                    assert r.content == path * (300_000 // len(path))
+
+                await asyncio.gather(*(one(i) for i in range(24)))
+            assert transport.connections_opened == 8
+
+    srv: RawServer
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     ("reply", "reused"),
     [

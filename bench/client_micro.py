@@ -1,0 +1,123 @@
+"""CPU time per request of client.send, against the mock server in its own process.
+
+The engine's client shares the GIL with pytest, so its CPU time per request (nearly all of it
+GIL time) is what limits an evaluation against a fast server. Replies are GSM8K-like, as in
+bench/run.py (a short chain of thought and an answer, streamed in 8-character pieces).
+
+    python bench/client_micro.py [--requests 5000] [--concurrency 256] [--paths fast httpx]
+    python bench/client_micro.py --src /tmp/before   # another copy of pytest_servebench
+
+Paths: "fast" is send() as the engine calls it; "httpx" is the same client with an event hook,
+which sends through httpx.AsyncClient (what every request paid before the fast path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_server(folder: Path, records: int) -> tuple[subprocess.Popen, str]:
+    data = folder / "data.jsonl"
+    with data.open("w") as out:
+        for i in range(records):
+            question = f"Problem {i}: Ann has {i} apples and buys 5 more. How many now?"
+            out.write(json.dumps({"question": question, "answer": f"#### {i + 5}"}) + "\n")
+    port_file = folder / "port"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pytest_servebench.testing.mockserver"),
+            *(f"--dataset={data}", "--latency=0", f"--port-file={port_file}"),
+        ],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    while not port_file.exists():
+        time.sleep(0.02)
+    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1/chat/completions"
+
+
+async def measure(
+    url: str, path: str, stream: bool, n: int, concurrency: int, records: int
+) -> tuple[float, float]:
+    """-> (requests per second, CPU microseconds of this process per request)."""
+    import httpx
+
+    from pytest_servebench.client import send
+    from pytest_servebench.transport import make_client
+
+    client = make_client(concurrency, httpx.Timeout(connect=10, read=60, write=60, pool=None))
+    if path == "httpx":
+
+        async def hook(request: httpx.Request) -> None:
+            pass
+
+        client.event_hooks = {"request": [hook], "response": []}
+
+    async def worker(todo: Iterator[int]) -> None:
+        for i in todo:
+            question = f"Problem {i % records}: Ann has {i % records} apples and buys 5 more."
+            body = {
+                "model": "mock-model",
+                "messages": [{"role": "user", "content": f"Question: {question}\nAnswer:"}],
+                "max_tokens": 512,
+                "seed": i,
+                **({"stream": True, "stream_options": {"include_usage": True}} if stream else {}),
+            }
+            await send(client, url, body, True, stream, {"Authorization": "Bearer x"})
+
+    async with client:
+        warm_up = iter(range(n, n + 2 * concurrency))  # connections open, caches filled
+        await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
+        todo = iter(range(n))
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(todo) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return n / wall, cpu / n * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[256])
+    p.add_argument("--paths", nargs="+", default=["fast", "httpx"], choices=["fast", "httpx"])
+    p.add_argument("--src", help="folder holding the pytest_servebench package to measure")
+    p.add_argument("--repeat", type=int, default=3, help="runs per row; the best is shown")
+    args = p.parse_args()
+    sys.path.insert(0, str(Path(args.src).resolve() if args.src else REPO))
+    records = 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(Path(tmp), records)
+        try:
+            for stream in (False, True):
+                for c in args.concurrency:
+                    for path in args.paths:
+                        runs = [
+                            asyncio.run(measure(url, path, stream, args.requests, c, records))
+                            for _ in range(args.repeat)
+                        ]
+                        rate, cpu = min(runs, key=lambda r: r[1])
+                        print(
+                            f"{'stream' if stream else 'plain':<6} {path:<5} C={c:<4} "
+                            f"n={args.requests:<6} {rate:7.0f} req/s {cpu:6.1f} us CPU/request",
+                            flush=True,
+                        )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,737 @@
+"""client.send's fast path (straight on the LeanTransport, without httpx's Request and Response):
+the same bytes on the wire, replies and errors as through httpx, against the mock server, raw
+loopback servers, and the SSE parser fed byte strings cut every possible way."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import json
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from pytest_servebench.client import (
+    FatalEndpointError,
+    Reply,
+    RequestFailed,
+    RetryableError,
+    _read_stream,
+    send,
+)
+from pytest_servebench.testing.mockserver import MockServer
+from pytest_servebench.testing.mockserver import Reply as MockReply
+from pytest_servebench.transport import LeanTransport, make_client
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def lean_client(max_connections: int = 4, **kwargs: Any) -> tuple[httpx.AsyncClient, list]:
+    """make_client's client, and a list that grows by one for each request httpx sends."""
+    timeouts = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": None}
+    timeouts.update({k: kwargs.pop(k) for k in list(kwargs) if k in timeouts})
+    client = make_client(max_connections, httpx.Timeout(**timeouts), **kwargs)
+    transport = client._transport
+    through_httpx: list[httpx.Request] = []
+    handle = transport.handle_async_request
+
+    async def spy(request: httpx.Request) -> httpx.Response:
+        through_httpx.append(request)
+        return await handle(request)
+
+    transport.handle_async_request = spy
+    return client, through_httpx
+
+
+async def _no_op(request: httpx.Request) -> None:
+    pass
+
+
+def httpx_path(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The same client, made to send through httpx (an event hook is one reason)."""
+    client.event_hooks = {"request": [_no_op], "response": []}
+    return client
+
+
+# --------------------------------------------------------------------------- wire helpers
+
+Handler = Callable[["Wire", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Wire:
+    """A loopback server whose handler writes whatever bytes a test wants."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed = asyncio.Event()  # set when a handler has closed its connection
+
+    async def __aenter__(self) -> Wire:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(self, reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+                await writer.wait_closed()
+                self.closed.set()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request (head and Content-Length body), None at EOF."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        self.requests.append(head + await reader.readexactly(length))
+        return self.requests[-1]
+
+
+def answering(*replies: bytes | list[bytes]) -> Handler:
+    """A keep-alive handler giving the replies in turn (then the last one again). A reply given
+    as a list of pieces is written piece by piece, with a loop turn after each."""
+
+    async def handler(wire: Wire, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        while await wire.request(reader) is not None:
+            reply = replies[min(len(wire.requests), len(replies)) - 1]
+            for piece in [reply] if isinstance(reply, bytes) else reply:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    return handler
+
+
+def message(content: str = "ok") -> bytes:
+    return json.dumps(
+        {"choices": [{"index": 0, "message": {"content": content}, "finish_reason": "stop"}]}
+    ).encode()
+
+
+def http(body: bytes, status: str = "200 OK", headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status.encode(),
+        len(body),
+        headers,
+        body,
+    )
+
+
+def chunked(body: bytes, size: int, headers: bytes = b"") -> bytes:
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n%s\r\n" % headers
+        + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+        + b"0\r\n\r\n"
+    )
+
+
+def event(content: str | None = None, finish: str | None = None, index: int = 0, **delta) -> dict:
+    if content is not None:
+        delta["content"] = content
+    return {"choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+
+def sse(*events: dict | bytes, done: bool = True) -> bytes:
+    lines = [e if isinstance(e, bytes) else b"data: " + json.dumps(e).encode() for e in events]
+    return b"".join(line + b"\n\n" for line in lines) + (b"data: [DONE]\n\n" if done else b"")
+
+
+def headers_of(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """(request line, sorted lower-cased headers, body)."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    line, *rest = head.split(b"\r\n")
+    pairs = [tuple(p.strip() for p in h.split(b":", 1)) for h in rest]
+    return line, sorted((name.lower(), value) for name, value in pairs), body
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+def test_same_request_bytes_as_httpx():
+    body = {**CHAT, "messages": [{"role": "user", "content": "héllo ✓ \u2028"}], "t": 0.1}
+    caller = {"Authorization": "Bearer k", "user-agent": "mine/1", "X-Extra": "1"}
+
+    async def main() -> None:
+        async with Wire(answering(http(message()))) as wire:
+            client, through_httpx = lean_client(headers={"X-Client": "c"})
+            async with client:
+                for fast in (True, False):
+                    if not fast:
+                        httpx_path(client)
+                    for url in ("/chat/completions", "/chat/completions?x=1"):
+                        await send(client, wire.url + url, body, True, False, caller)
+                    assert len(through_httpx) == (0 if fast else 2)
+        fast, slow = wire.requests[:2], wire.requests[2:]
+        for a, b in zip(fast, slow):
+            assert headers_of(a) == headers_of(b)
+        line, headers, sent = headers_of(fast[0])
+        assert line == b"POST /v1/chat/completions HTTP/1.1"
+        assert (b"authorization", b"Bearer k") in headers
+        assert (b"user-agent", b"mine/1") in headers  # the caller's wins, as in httpx
+        assert (b"x-client", b"c") in headers
+        assert (b"content-type", b"application/json") in headers
+        assert json.loads(sent) == body
+        assert headers_of(fast[1])[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_same_replies_as_the_httpx_path(stream):
+    def responder(r) -> MockReply:
+        text = f"answer {r.choice_index} to {r.prompt_text} " * 3
+        return MockReply(text, reasoning="thinking " * 4 if "messages" in r.body else None)
+
+    bodies = [
+        {**CHAT, "stream": stream, "stream_options": {"include_usage": True}},
+        {**CHAT, "stream": stream, "n": 3, "messages": [{"role": "user", "content": "three"}]},
+        {"model": "m", "stream": stream, "prompt": "complete me", "n": 2, "max_tokens": 4},
+    ]
+    with MockServer(responder, stream_chunk_chars=5) as srv:
+
+        async def main() -> tuple[list, list]:
+            client, through_httpx = lean_client()
+            async with client:
+                fast = [
+                    await send(client, srv.base_url + path, b, "messages" in b, stream, {})
+                    for b in bodies
+                    for path in ["/chat/completions" if "messages" in b else "/completions"]
+                ]
+                assert through_httpx == []
+                httpx_path(client)
+                slow = [
+                    await send(client, srv.base_url + path, b, "messages" in b, stream, {})
+                    for b in bodies
+                    for path in ["/chat/completions" if "messages" in b else "/completions"]
+                ]
+                assert len(through_httpx) == len(bodies)
+            return fast, slow
+
+        fast, slow = asyncio.run(main())
+    assert [r for r, _, _ in fast] == [r for r, _, _ in slow]
+    assert [len(r) for r, _, _ in fast] == [1, 3, 2]
+    first = fast[0][0][0]
+    assert first.content == "answer 0 to hi " * 3
+    assert first.reasoning == "thinking " * 4
+    assert fast[2][0][1].finish_reason == "length"
+    assert all((ttft is not None) == stream for _, _, ttft in fast)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_keep_alive_reuses_one_connection(stream):
+    with MockServer(lambda r: "ok", stream_chunk_chars=1) as srv:
+
+        async def main() -> LeanTransport:
+            client, through_httpx = lean_client()
+            async with client:
+                for i in range(20):
+                    body = {**CHAT, "seed": i, "stream": stream}
+                    replies, _, _ = await send(
+                        client, srv.base_url + "/chat/completions", body, True, stream, {}
+                    )
+                    assert replies[0].content == "ok"
+                assert through_httpx == []
+            return client._transport
+
+        transport = asyncio.run(main())
+    assert transport.connections_opened == 1
+    assert srv.stats.connections_opened == 1
+
+
+def test_content_length_and_chunked_replies_on_one_connection():
+    body = message("x" * 300 + "€")
+    extension_and_trailer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        + b"%x;ext=1\r\n%s\r\n" % (len(body), body)
+        + b"0\r\nX-Trailer: t\r\n\r\n"
+    )
+    replies = [
+        http(body),
+        [bytes([b]) for b in chunked(body, 7)],  # one byte a write
+        extension_and_trailer,
+        [http(body)[:20], http(body)[20:-5], http(body)[-5:]],
+        b"HTTP/1.1 100 Continue\r\n\r\n" + http(body),
+    ]
+
+    async def main() -> None:
+        async with Wire(answering(*replies)) as wire:
+            client, through_httpx = lean_client()
+            async with client:
+                for _ in replies:
+                    got, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                    assert got[0].content == "x" * 300 + "€"
+            assert through_httpx == []
+            assert wire.connections == 1
+
+    asyncio.run(main())
+
+
+def test_connection_close_reply_is_not_reused():
+    async def main() -> None:
+        close = http(message(), headers=b"Connection: close\r\n")
+        async with Wire(answering(close, http(message()))) as wire:
+            client, _ = lean_client()
+            async with client:
+                for _ in range(3):
+                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                    assert replies[0].content == "ok"
+            assert wire.connections == 2
+
+    asyncio.run(main())
+
+
+def test_connection_the_server_closed_while_idle_is_not_reused():
+    async def handler(wire: Wire, reader, writer) -> None:
+        await wire.request(reader)
+        writer.write(http(message()))  # keep-alive, as far as the client knows
+        await writer.drain()
+
+    async def main() -> None:
+        async with Wire(handler) as wire:
+            client, _ = lean_client()
+            async with client:
+                await send(client, wire.url + "/c", CHAT, True, False, {})
+                await wire.closed.wait()  # the server closed the (now idle) connection
+                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                assert replies[0].content == "ok"
+                assert client._transport.connections_opened == 2
+
+    asyncio.run(main())
+
+
+def test_server_closing_without_a_byte_is_a_free_retry():
+    async def handler(wire: Wire, reader, writer) -> None:
+        while await wire.request(reader) is not None:
+            if wire.connections == 1:
+                return  # a keep-alive connection the server dropped as the request came
+            writer.write(http(message()))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Wire(handler) as wire:
+            client, through_httpx = lean_client()
+            async with client:
+                for stream in (False, True):
+                    wire.connections = 0
+                    with pytest.raises(RetryableError) as info:
+                        await send(client, wire.url + "/c", CHAT, True, stream, {})
+                    assert info.value.free
+                    assert "without sending" in str(info.value)
+                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                assert replies[0].content == "ok"
+            assert through_httpx == []
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def stalling(first: bytes = b"") -> Handler:
+    async def handler(wire: Wire, reader, writer) -> None:
+        await wire.request(reader)
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "first", [b"", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:\r\n"]
+)
+def test_read_timeout_frees_the_connection(first):
+    async def main() -> None:
+        async with Wire(stalling(first)) as wire:
+            client, _ = lean_client(read=0.2)
+            async with client:
+                for stream in (False, True):
+                    with pytest.raises(RetryableError, match=r"timed out \(ReadTimeout\)"):
+                        await send(client, wire.url + "/c", CHAT, True, stream, {})
+                assert client._transport._count == 0
+
+    asyncio.run(main())
+
+
+def test_pool_timeout_and_connect_errors():
+    async def main() -> None:
+        async with Wire(stalling()) as wire:
+            client, _ = lean_client(1, pool=0.1)
+            async with client:
+                first = asyncio.ensure_future(send(client, wire.url + "/c", CHAT, True, False, {}))
+                while client._transport._count == 0:
+                    await asyncio.sleep(0)
+                with pytest.raises(RetryableError, match=r"timed out \(PoolTimeout\)"):
+                    await send(client, wire.url + "/c", CHAT, True, False, {})
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                assert client._transport._count == 0
+                with pytest.raises(RetryableError, match="cannot connect"):
+                    await send(client, "http://127.0.0.1:9/v1/c", CHAT, True, False, {})
+
+    asyncio.run(main())
+
+
+def test_cancelled_stream_frees_its_connection():
+    async def main() -> None:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with Wire(stalling(head + b"9\r\ndata: {}\n\r\n")) as wire:
+            client, _ = lean_client(1)
+            async with client:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 0.2)
+                assert client._transport._count == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "text"),
+    [
+        (http(b"bad key", "401 Unauthorized"), FatalEndpointError, "rejected the credentials"),
+        (http(b"no", "403 Forbidden"), FatalEndpointError, "HTTP 403"),
+        (http(b'{"error": "what?"}', "400 Bad Request"), RequestFailed, 'HTTP 400: {"error": "what?"}'),
+        (http(b"", "302 Found", b"Location: /v1/elsewhere\r\n"), RequestFailed, "HTTP 302"),
+        (http(b"slow down", "429 Too Many", b"Retry-After: 2\r\n"), RetryableError, "HTTP 429"),
+        (http(b"caf\xe9", "503 Busy", b"Content-Type: text/plain; charset=latin-1\r\n"), RetryableError, "HTTP 503: café"),
+        (http(gzip.compress(b"zipped oops", mtime=0), "500 Oops", b"Content-Encoding: gzip\r\n"), RetryableError, "HTTP 500: zipped oops"),
+        (chunked(b"chunked oops", 3).replace(b"200 OK", b"502 Bad Gateway"), RetryableError, "HTTP 502: chunked oops"),
+    ],
+    ids=["401", "403", "400", "302", "429", "503-latin-1", "500-gzip", "502-chunked"],
+)  # fmt: skip
+def test_status_classification_as_through_httpx(reply, error, text):
+    async def main() -> list[tuple[type, str, Any]]:
+        async with Wire(answering(reply)) as wire:
+            client, through_httpx = lean_client()
+            seen = []
+            async with client:
+                for fast in (True, False):
+                    if not fast:
+                        httpx_path(client)
+                    for stream in (False, True):
+                        with pytest.raises(error) as info:
+                            await send(client, wire.url + "/c", CHAT, True, stream, {})
+                        seen.append((type(info.value), str(info.value), info.value))
+                assert len(through_httpx) == 2
+            assert len(wire.requests) == 4  # no redirect followed, no retry
+            assert wire.connections == 1
+            return seen
+
+    seen = asyncio.run(main())
+    assert text in seen[0][1]
+    assert len({(kind, message) for kind, message, _ in seen}) == 1
+    if isinstance(seen[0][2], RetryableError):
+        assert {e.retry_after for _, _, e in seen} == {2.0 if "429" in text else None}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Le",  # cut in the head
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        http(message())[:-10],  # cut in the body
+        chunked(message(), 5)[:-20],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["cut-head", "not-http", "cut-body", "cut-chunks", "bad-chunk-size"],
+)
+def test_broken_replies_cost_an_attempt(reply):
+    async def handler(wire: Wire, reader, writer) -> None:
+        await wire.request(reader)
+        writer.write(reply)
+        await writer.drain()
+
+    async def main() -> None:
+        async with Wire(handler) as wire:
+            client, _ = lean_client()
+            async with client:
+                for stream in (False, True):
+                    with pytest.raises(RetryableError, match="connection dropped") as info:
+                        await send(client, wire.url + "/c", CHAT, True, stream, {})
+                    assert not info.value.free
+                assert client._transport._count == 0
+
+    asyncio.run(main())
+
+
+def test_non_json_body_is_retryable_and_keeps_the_connection():
+    async def main() -> None:
+        async with Wire(answering(http(b"<html>502</html>"), http(message()))) as wire:
+            client, _ = lean_client()
+            async with client:
+                with pytest.raises(RetryableError, match="malformed reply: body is not JSON"):
+                    await send(client, wire.url + "/c", CHAT, True, False, {})
+                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                assert replies[0].content == "ok"
+            assert wire.connections == 1
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- httpx's share
+
+
+def test_set_cookie_moves_the_client_to_the_httpx_path():
+    first = http(message(), headers=b"Set-Cookie: route=r7; Path=/\r\n")
+
+    async def main() -> None:
+        async with Wire(answering(first, http(message()))) as wire:
+            client, through_httpx = lean_client()
+            async with client:
+                for _ in range(3):
+                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                    assert replies[0].content == "ok"
+                assert client.cookies.get("route") == "r7"
+                assert len(through_httpx) == 2
+        assert b"cookie: route=r7" not in wire.requests[0].lower()
+        assert all(b"cookie: route=r7" in r.lower() for r in wire.requests[1:])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        lambda c: setattr(c, "auth", httpx.BasicAuth("u", "p")),
+        lambda c: c.cookies.set("a", "b"),
+        lambda c: setattr(c, "params", {"q": "1"}),
+        lambda c: setattr(c, "event_hooks", {"request": [], "response": [_no_op]}),
+        lambda c: setattr(c, "follow_redirects", True),
+    ],
+    ids=["auth", "cookie", "params", "hook", "redirects"],
+)
+def test_unusual_clients_go_through_httpx(setup):
+    moved = http(b"", "307 Moved", b"Location: /v1/there\r\n")
+
+    async def main() -> None:
+        async with Wire(answering(moved, http(message("there")))) as wire:
+            client, through_httpx = lean_client()
+            setup(client)
+            async with client:
+                if client.follow_redirects:
+                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                    assert replies[0].content == "there"
+                else:
+                    with pytest.raises(RequestFailed, match="HTTP 307"):
+                        await send(client, wire.url + "/c", CHAT, True, False, {})
+            assert through_httpx
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_compressed_replies_are_decoded(encoding, stream):
+    if stream:
+        raw = sse(event("", role="assistant"), event("zip"), event("ped", "stop"))
+    else:
+        raw = message("zipped")
+    packed = gzip.compress(raw, mtime=0) if encoding == "gzip" else zlib.compress(raw)
+    header = b"Content-Encoding: %s\r\n" % encoding.encode()
+    reply = chunked(packed, 10, header) if stream else http(packed, headers=header)
+
+    async def main() -> None:
+        async with Wire(answering(reply)) as wire:
+            client, through_httpx = lean_client()
+            async with client:
+                for _ in range(2):
+                    replies, _, ttft = await send(client, wire.url + "/c", CHAT, True, stream, {})
+                    assert replies[0].content == "zipped"
+                    assert (ttft is not None) == stream
+            assert through_httpx == []
+            assert wire.connections == 1
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- streams
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 2, 8, 1000])
+def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
+    def responder(r) -> MockReply:
+        return MockReply(f"choice {r.choice_index}: the answer is 42", reasoning="because")
+
+    with MockServer(responder, stream_chunk_chars=chunk_chars) as srv:
+
+        async def main() -> None:
+            client, through_httpx = lean_client()
+            body = {**CHAT, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
+            async with client:
+                for _ in range(3):
+                    replies, latency, ttft = await send(
+                        client, srv.base_url + "/chat/completions", body, True, True, {}
+                    )
+                    assert [r.content for r in replies] == [
+                        "choice 0: the answer is 42",
+                        "choice 1: the answer is 42",
+                    ]
+                    assert [r.reasoning for r in replies] == ["because", "because"]
+                    assert [r.finish_reason for r in replies] == ["stop", "stop"]
+                    assert replies[0].prompt_tokens == 1
+                    assert sum(r.completion_tokens for r in replies) == 14
+                    assert 0 < ttft <= latency
+            assert through_httpx == []
+            assert client._transport.connections_opened == 1
+
+        asyncio.run(main())
+
+
+def pieces_of(data: bytes, cuts: list[int]) -> Callable[[], Awaitable[bytes]]:
+    """A `receive` that gives `data` cut at the given offsets, then b""."""
+    bounds = [0, *cuts, len(data)]
+    parts = iter([data[a:b] for a, b in itertools.pairwise(bounds) if b > a])
+
+    async def receive() -> bytes:
+        return next(parts, b"")
+
+    return receive
+
+
+def parse_all(data: bytes, cut_lists: list[list[int]], chat: bool = True) -> list[list[Reply]]:
+    async def main() -> list[list[Reply]]:
+        start = time.perf_counter()
+        return [(await _read_stream(pieces_of(data, c), chat, start))[0] for c in cut_lists]
+
+    return asyncio.run(main())
+
+
+def parse(data: bytes, cuts: list[int] | None = None, chat: bool = True) -> list[Reply]:
+    return parse_all(data, [cuts or []], chat)[0]
+
+
+BODY = (
+    b": a comment\r\n"
+    b"event: message\r\n"
+    b"id: 1\r\n"
+    b'data:{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\r\n\r\n'
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}\n\n'
+    b'data:  {"choices":[{"index":1,"delta":{"content":"B"}}]}  \r\r'
+    b'data: {"choices":[{"index":0,"delta":{"content":"l\xe2\x80\xa8ine\xe2\x82\xac"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"choices":[{"index":1,"delta":{},"finish_reason":"length"}],"usage":'
+    b'{"prompt_tokens":3,"completion_tokens":4}}\n\n'
+    b"data: [DONE]\n\n"
+    b"data: not even json\n\n"
+)
+EXPECTED = [Reply("l\u2028ine€!", "hm", "stop", 3, 2), Reply("B", None, "length", 3, 2)]
+
+
+def test_sse_parser_is_indifferent_to_where_reads_end():
+    everywhere = [[], *([cut] for cut in range(1, len(BODY))), list(range(1, len(BODY)))]
+    for cuts, replies in zip(everywhere, parse_all(BODY, everywhere)):
+        assert replies == EXPECTED, cuts
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (sse(event("a", "stop"), done=False), ["a"]),  # every choice finished: no [DONE] needed
+        (sse(event("a"), event("b", "stop"), done=False)[:-2], ["ab"]),  # no newline at the end
+        (sse(event("a"), done=False) + b"data: [DONE]", ["a"]),
+        (sse(event("a"), event("b")), ["ab"]),  # [DONE] without a finish_reason
+        (sse(), [""]),
+    ],
+)
+def test_sse_parser_ends(data, expected):
+    assert [r.content for r in parse(data)] == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (sse(event("a"), event("b"), done=False), "stream cut before the reply finished"),
+        (sse(event(role="assistant"), done=False), "stream cut before the reply finished"),
+        (b"", "stream cut before the reply finished"),
+        (sse(b"data: {oops", event("a")), "malformed stream chunk: not JSON"),  # first event
+        (sse(event("a"), event("b"), b"data: {oops", event("c")), "malformed stream chunk: not JSON"),
+        (sse(event("a"), b"data:", event("c")), "malformed stream chunk: not JSON"),
+        (sse(event("a"), b"data: [1, 2]"), "malformed stream chunk"),
+        # two bad payloads that make one good JSON value when joined
+        (sse(event("a"), b'data: {"choices": []', b'data: "usage": {}}'), "malformed stream chunk: not JSON"),
+        (sse(event("a"), {"error": {"message": "overloaded"}}), 'error inside stream: {"message": "overloaded"}'),
+        (sse(event("a"), {"error": "x"}, b"data: {oops"), 'error inside stream: "x"'),
+        (sse(event("a"), b"data: {oops", {"error": "x"}), "malformed stream chunk: not JSON"),
+    ],
+)  # fmt: skip
+def test_sse_parser_errors(data, error):
+    with pytest.raises(RetryableError) as info:
+        parse(data)
+    assert str(info.value) == error
+    with pytest.raises(RetryableError) as info:  # the same, one byte a read
+        parse(data, list(range(1, len(data))))
+    assert str(info.value) == error
+
+
+def test_completions_stream_reads_text():
+    data = sse(
+        {"choices": [{"index": 0, "text": "a", "finish_reason": None}]},
+        {"choices": [{"index": 0, "text": "b", "finish_reason": "stop"}]},
+    )
+    assert parse(data, chat=False) == [Reply("ab", None, "stop", None, None)]
+
+
+def test_error_event_ends_the_stream_at_once():
+    """The server sends an error event and then nothing more: no waiting for the timeout."""
+    body = sse(event("a"), event("b"), {"error": {"message": "boom"}}, done=False)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def main() -> None:
+        async with Wire(stalling(head + b"%x\r\n%s\r\n" % (len(body), body))) as wire:
+            client, _ = lean_client(read=30)
+            async with client:
+                with pytest.raises(RetryableError, match=r"error inside stream: .*boom"):
+                    await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 5)
+
+    asyncio.run(main())
+
+
+def test_ttft_is_taken_at_the_first_token():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def handler(wire: Wire, reader, writer) -> None:
+        while await wire.request(reader) is not None:
+            writer.write(head + chunk(sse(event("", role="assistant"), done=False)))
+            await writer.drain()
+            if len(wire.requests) == 1:
+                await asyncio.sleep(0.3)  # the first token comes late
+            writer.write(chunk(sse(event("a"), done=False)))
+            await writer.drain()
+            if len(wire.requests) == 2:
+                await asyncio.sleep(0.3)  # the rest comes late
+            writer.write(chunk(sse(event("b", "stop"))) + b"0\r\n\r\n")
+            await writer.drain()
+
+    async def main() -> None:
+        async with Wire(handler) as wire:
+            client, _ = lean_client()
+            async with client:
+                _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
+                assert 0.29 <= ttft <= latency
+                _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
+                assert ttft < 0.3 <= latency
+
+    asyncio.run(main())
