@@ -49,16 +49,16 @@ def index_teardown_reports(terminalreporter: Any) -> bool:
     return True
 
 
+_NOTHING: tuple[Any, ...] = ()
+# Outcomes that pytest's report-making handles specially (skips, all-skipped groups).
+_NOT_PLAIN_FAILURES: tuple[type[BaseException], ...] = (pytest.skip.Exception, _ExceptionGroup)
+
 # Plugins whose pytest_runtest_setup/call/teardown hooks do nothing a case needs: output and
 # log capture (a case prints nothing; servebench's own log does not propagate), skip and xfail
 # marks (cases with marks take pytest's own protocol), per-phase unraisable-exception and thread
 # exception checks (reported at the next item or session end instead), and plugins that act only
 # on tests using their fixtures. Any other plugin or conftest hooking a phase keeps pytest's own
 # protocol for every case.
-_NOTHING: tuple[Any, ...] = ()
-# Outcomes that pytest's report-making handles specially (skips, all-skipped groups).
-_NOT_PLAIN_FAILURES: tuple[type[BaseException], ...] = (pytest.skip.Exception, _ExceptionGroup)
-
 PHASE_HOOKS = ("pytest_runtest_setup", "pytest_runtest_call", "pytest_runtest_teardown")
 KNOWN_PHASE_PLUGINS = frozenset(
     {
@@ -114,13 +114,29 @@ class CaseProtocol:
         self.reraise: tuple[type[BaseException], ...] = (Exit, KeyboardInterrupt)
         self._hooks: dict[Any, Any] = {}  # collector -> its hook proxy (one per conftest scope)
         self._keywords: tuple[Any, dict[str, int]] = (None, {})  # the last case's keywords
+        self._plain: dict[Any, bool] = {}  # task collector -> no marks but servebench's
 
     def applies(self, item: pytest.Item) -> bool:
         if self.blocked_by is None:
             self.blocked_by = unknown_phase_plugins(self.config)
             self.enabled = self.enabled and not self.blocked_by
-        # own_markers: the servebench mark lives on the task, so a case has none of its own
-        return self.enabled and self.is_case(item) and not item.own_markers
+        return (
+            self.enabled
+            and self.is_case(item)
+            and not item.own_markers
+            and self._unmarked(item.parent)
+        )
+
+    def _unmarked(self, parent: Any) -> bool:
+        """Whether the task (and what holds it) has no mark but servebench's own."""
+        plain = self._plain.get(parent)
+        if plain is None:
+            plain = self._plain[parent] = all(
+                mark.name == "servebench"
+                for node in parent.listchain()
+                for mark in node.own_markers
+            )
+        return plain
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:

@@ -441,3 +441,18 @@ def test_case_ids_with_dots_keep_their_node_id_in_verbose_output(pytester):
             "*_ test_807.json (vllm_chat/dotted) _*",
         ]
     )
+
+
+def test_a_mark_on_the_task_applies_to_its_cases(pytester):
+    """A mark put on the task (not on each case) reaches its cases through pytest's protocol."""
+    from pytest_servebench.testing.mockserver import MockServer
+
+    _tiny_eval(pytester)
+    pytester.makeconftest(
+        "import pytest\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    items[0].parent.add_marker(pytest.mark.xfail(reason='whole task known bad'))\n"
+    )
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = _run_tiny(pytester, srv.base_url)
+    result.assert_outcomes(xfailed=5, xpassed=1)
