@@ -148,20 +148,9 @@ def test_yaml_errors_keep_the_pure_loaders_message(tmp_path, text):
 
 
 def test_failure_summary_of_a_run_is_complete_with_the_index(pytester):
-    from conftest import write_suite
     from pytest_servebench.testing.mockserver import MockServer
 
-    write_suite(
-        pytester.path,
-        "tiny",
-        "kind: dataset\npath: tiny.jsonl\nanswer_field: answer\n"
-        "prompt: 'Question: {question}'\nevaluator: {type: gsm8k}\n",
-    )
-    (pytester.path / "datasets").mkdir()
-    (pytester.path / "datasets" / "tiny.jsonl").write_text(
-        "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(6))
-    )
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    _tiny_eval(pytester)
     with MockServer(lambda r: "answer: 3") as srv:
         result = pytester.runpytest_inprocess(
             "--sb-models",
@@ -184,18 +173,19 @@ def test_failure_summary_of_a_run_is_complete_with_the_index(pytester):
 # --------------------------------------------------------------------------- lean run protocol
 
 
-def _tiny_eval(pytester, n: int = 6) -> None:
+def _tiny_eval(pytester, records: str = "", extra: str = "", name: str = "tiny") -> None:
+    """A dataset `name` of six questions (q0..q5, the answer to qN is N) or of `records`."""
     from conftest import write_suite
 
     write_suite(
         pytester.path,
-        "tiny",
-        "kind: dataset\npath: tiny.jsonl\nanswer_field: answer\n"
+        name,
+        f"kind: dataset\npath: {name}.jsonl\nanswer_field: answer\n{extra}"
         "prompt: 'Question: {question}'\nevaluator: {type: gsm8k}\n",
     )
     (pytester.path / "datasets").mkdir(exist_ok=True)
-    (pytester.path / "datasets" / "tiny.jsonl").write_text(
-        "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(n))
+    (pytester.path / "datasets" / f"{name}.jsonl").write_text(
+        records or "".join(f'{{"question": "q{i}", "answer": "#### {i}"}}\n' for i in range(6))
     )
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
 
@@ -411,20 +401,14 @@ def test_only_the_process_own_command_line_leaves_its_objects_at_exit(pytester, 
 
 
 def test_case_ids_with_dots_keep_their_node_id_in_verbose_output(pytester):
-    from conftest import write_suite
     from pytest_servebench.testing.mockserver import MockServer
 
-    write_suite(
-        pytester.path,
-        "dotted",
-        "kind: dataset\npath: dotted.jsonl\nanswer_field: answer\nid_field: id\n"
-        "prompt: 'Question: {question}'\nevaluator: {type: gsm8k}\n",
+    _tiny_eval(
+        pytester,
+        records='{"id": "test_807.json", "question": "q", "answer": "#### 1"}\n',
+        extra="id_field: id\n",
+        name="dotted",
     )
-    (pytester.path / "datasets").mkdir()
-    (pytester.path / "datasets" / "dotted.jsonl").write_text(
-        '{"id": "test_807.json", "question": "q", "answer": "#### 1"}\n'
-    )
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     with MockServer(lambda r: "answer: 3") as srv:
         result = pytester.runpytest_subprocess(
             "--sb-models=vllm_chat",
