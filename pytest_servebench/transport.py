@@ -192,24 +192,30 @@ class _Connection(asyncio.BufferedProtocol):
             self._paused = False
             self.transport.resume_reading()
 
+    async def _until(self, waiter: asyncio.Future[None], timeout: float | None) -> bool:
+        """Await `waiter`; False when `timeout` seconds passed first."""
+        handle = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            if handle is not None:
+                handle.cancel()
+        return True
+
     async def wait_data(self, timeout: float | None, request: httpx.Request | None) -> None:
         """Wait until more bytes arrive or the connection ends; ReadTimeout after `timeout`."""
         if self.eof:
             return
         self.consumed()
-        waiter = self.loop.create_future()
-        self._waiter = waiter
-        handle = None
-        if timeout is not None:
-            handle = self.loop.call_later(timeout, _expire, waiter)
+        waiter = self._waiter = self.loop.create_future()
         try:
-            await waiter
-        except asyncio.TimeoutError:
-            raise httpx.ReadTimeout("timed out waiting for the server", request=request) from None
+            in_time = await self._until(waiter, timeout)
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
+        if not in_time:
+            raise httpx.ReadTimeout("timed out waiting for the server", request=request)
 
     async def write(
         self, data: bytes, timeout: float | None, request: httpx.Request | None
@@ -220,19 +226,13 @@ class _Connection(asyncio.BufferedProtocol):
         transport.write(data)
         if not self._write_paused:
             return
-        waiter = self.loop.create_future()
-        self._drain_waiter = waiter
-        handle = None
-        if timeout is not None:
-            handle = self.loop.call_later(timeout, _expire, waiter)
+        waiter = self._drain_waiter = self.loop.create_future()
         try:
-            await waiter
-        except asyncio.TimeoutError:
-            raise httpx.WriteTimeout("timed out sending the request", request=request) from None
+            in_time = await self._until(waiter, timeout)
         finally:
             self._drain_waiter = None
-            if handle is not None:
-                handle.cancel()
+        if not in_time:
+            raise httpx.WriteTimeout("timed out sending the request", request=request)
         if self._write_paused or (self.error is not None and self.transport.is_closing()):
             raise httpx.WriteError(f"the connection was lost: {self.error}", request=request)
 
