@@ -50,6 +50,7 @@ def index_teardown_reports(terminalreporter: Any) -> bool:
 
 
 _NOTHING: tuple[Any, ...] = ()
+GC_YOUNG_THRESHOLD = 20_000  # new objects between two collections of the youngest generation
 # Outcomes that pytest's report-making handles specially (skips, all-skipped groups).
 _NOT_PLAIN_FAILURES: tuple[type[BaseException], ...] = (pytest.skip.Exception, _ExceptionGroup)
 
@@ -249,6 +250,7 @@ class PerfPlugin:
         self.protocol: CaseProtocol | None = None
         self.reporter: Any = None
         self.session: pytest.Session | None = None
+        self._gc_threshold: tuple[int, ...] | None = None  # Python's, while raised
         self._keywords: dict[str, dict[str, int]] = {}  # task node id -> shared report keywords
 
     @pytest.hookimpl(trylast=True)
@@ -261,6 +263,24 @@ class PerfPlugin:
         config.pluginmanager.register(self.protocol, "servebench-protocol")
         self.session = session
         self.reporter = tr
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Garbage collection: a run makes ~40 objects per case that live until the session
+        ends (reports, verdicts) and many short-lived ones (requests, replies), so with
+        Python's default threshold of 700 new objects the collector ran ~470 times and walked
+        the live objects ~40 times in a 10,000-case run (0.3-0.4 s). A young generation of
+        20,000 objects makes that ~15 collections (0.1 s). Restored when the session ends."""
+        if self._gc_threshold is None and any(self.is_case(i) for i in session.items):
+            self._gc_threshold = gc.get_threshold()
+            first, *older = self._gc_threshold
+            gc.set_threshold(max(first, GC_YOUNG_THRESHOLD), *older)
+            session.config.add_cleanup(self._restore_gc)
+
+    def _restore_gc(self) -> None:
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
+            self._gc_threshold = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -297,5 +317,6 @@ class PerfPlugin:
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self._restore_gc()
         if self.session is not None and is_process_command_line(config):
             keep_at_exit(config, self.session)

@@ -440,3 +440,32 @@ def test_a_mark_on_the_task_applies_to_its_cases(pytester):
     with MockServer(lambda r: "answer: 3") as srv:
         result = _run_tiny(pytester, srv.base_url)
     result.assert_outcomes(xfailed=5, xpassed=1)
+
+
+def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
+    import gc
+
+    from pytest_servebench.perf import GC_YOUNG_THRESHOLD
+    from pytest_servebench.testing.mockserver import MockServer
+
+    _tiny_eval(pytester)
+    pytester.makeconftest(
+        "import gc\n"
+        "def pytest_runtest_logreport(report):\n"
+        "    if report.when == 'call':\n"
+        "        print('THRESHOLD', gc.get_threshold()[0])\n"
+    )
+    before = gc.get_threshold()
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = pytester.runpytest_inprocess(
+            "--sb-models=vllm_chat",
+            "--sb-datasets=tiny",
+            f"--sb-set=vllm_chat.base_url={srv.base_url}",
+            "--sb-set=vllm_chat.model=m",
+            "--sb-work-dir=out",
+            "-s",
+        )
+    result.assert_outcomes(passed=1, failed=5)
+    assert f"THRESHOLD {max(before[0], GC_YOUNG_THRESHOLD)}" in result.stdout.str()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0  # not the process's own command line: nothing frozen
