@@ -75,13 +75,6 @@ class Verdict(Mapping[str, Any]):
         return sum(v is not _ABSENT for v in self._values)
 
 
-def compact_verdict(verdict: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A Verdict, or the mapping itself when it has keys a Verdict does not hold."""
-    if all(key in _FIELD_INDEX for key in verdict):
-        return Verdict(verdict)
-    return verdict
-
-
 @dataclass
 class TaskResult:
     key: str
@@ -97,7 +90,9 @@ class TaskResult:
     cases: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def add(self, case_id: str, verdict: Mapping[str, Any]) -> None:
-        self.cases[case_id] = compact_verdict(verdict)
+        """Keep a case's verdict: judge_case's fields of `verdict` (a report's payload also
+        carries the task, the case and what reports show; those are not kept)."""
+        self.cases[case_id] = Verdict(verdict)
 
     @property
     def evaluated(self) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from . import options as opts
 from . import perf, progress
-from .aggregate import TaskResult, Verdict
+from .aggregate import TaskResult
 from .engine import RunAborted
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
@@ -354,9 +354,7 @@ class ServebenchPlugin:
             self.abort_message = abort
         payload = getattr(report, "servebench", None)
         if payload:
-            # The payload is the verdict plus what reports show (task, case, prompt, outputs):
-            # a Verdict keeps only the verdict's fields.
-            self._result_for(payload["task"]).cases[payload["case"]] = Verdict(payload)
+            self._result_for(payload["task"]).add(payload["case"], payload)
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True

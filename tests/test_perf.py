@@ -152,17 +152,7 @@ def test_failure_summary_of_a_run_is_complete_with_the_index(pytester):
 
     _tiny_eval(pytester)
     with MockServer(lambda r: "answer: 3") as srv:
-        result = pytester.runpytest_inprocess(
-            "--sb-models",
-            "vllm_chat",
-            "--sb-datasets",
-            "tiny",
-            f"--sb-set=vllm_chat.base_url={srv.base_url}",
-            "--sb-set=vllm_chat.model=m",
-            "--sb-work-dir=out",
-            "-p",
-            "no:cacheprovider",
-        )
+        result = pytester.runpytest_inprocess(*_eval_args(srv.base_url), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=5)
     # The failure sections (the short summary repeats the messages in full on CI).
     out, _, short = result.stdout.str().partition("short test summary info")
@@ -190,18 +180,18 @@ def _tiny_eval(pytester, records: str = "", extra: str = "", name: str = "tiny")
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
 
 
-def _run_tiny(pytester, url: str, *extra: str):
-    return pytester.runpytest_subprocess(
-        "--sb-models",
-        "vllm_chat",
-        "--sb-datasets",
-        "tiny",
+def _eval_args(url: str, dataset: str = "tiny") -> list[str]:
+    return [
+        "--sb-models=vllm_chat",
+        f"--sb-datasets={dataset}",
         f"--sb-set=vllm_chat.base_url={url}",
         "--sb-set=vllm_chat.model=m",
         "--sb-work-dir=out",
-        "-rA",
-        *extra,
-    )
+    ]
+
+
+def _run_tiny(pytester, url: str, *extra: str):
+    return pytester.runpytest_subprocess(*_eval_args(url), "-rA", *extra)
 
 
 # A conftest that hooks a run phase: every case then takes pytest's own protocol.
@@ -386,9 +376,9 @@ def test_compact_verdict_reads_like_the_dict_it_replaces():
     result.add("c", verdict)
     assert result.to_json()["metrics"]
     assert next(iter(result.to_json()["cases"]))["votes"] == ("3", "4")
-    odd = {**verdict, "extra": 1}
-    result.add("c", odd)
-    assert result.cases["c"] is odd  # unknown keys: kept as given
+    payload = {"task": "m/d", "case": "c", "prompt": "p", **verdict}
+    result.add("c", payload)
+    assert dict(result.cases["c"]) == dict(compact)  # only the verdict's fields are kept
 
 
 def test_only_the_process_own_command_line_leaves_its_objects_at_exit(pytester, monkeypatch):
@@ -410,14 +400,7 @@ def test_case_ids_with_dots_keep_their_node_id_in_verbose_output(pytester):
         name="dotted",
     )
     with MockServer(lambda r: "answer: 3") as srv:
-        result = pytester.runpytest_subprocess(
-            "--sb-models=vllm_chat",
-            "--sb-datasets=dotted",
-            f"--sb-set=vllm_chat.base_url={srv.base_url}",
-            "--sb-set=vllm_chat.model=m",
-            "--sb-work-dir=out",
-            "-v",
-        )
+        result = pytester.runpytest_subprocess(*_eval_args(srv.base_url, "dotted"), "-v")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -457,14 +440,7 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     )
     before = gc.get_threshold()
     with MockServer(lambda r: "answer: 3") as srv:
-        result = pytester.runpytest_inprocess(
-            "--sb-models=vllm_chat",
-            "--sb-datasets=tiny",
-            f"--sb-set=vllm_chat.base_url={srv.base_url}",
-            "--sb-set=vllm_chat.model=m",
-            "--sb-work-dir=out",
-            "-s",
-        )
+        result = pytester.runpytest_inprocess(*_eval_args(srv.base_url), "-s")
     result.assert_outcomes(passed=1, failed=5)
     assert f"THRESHOLD {max(before[0], GC_YOUNG_THRESHOLD)}" in result.stdout.str()
     assert gc.get_threshold() == before
