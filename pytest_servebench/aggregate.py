@@ -3,6 +3,7 @@ per-task figures. Reads only what reports and the store carry."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,10 @@ _SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (True,), (0.0,), ...: on
 
 
 def _compact(value: Any) -> Any:
-    """Lists as tuples; the few tuples of per-sample flags and scores that recur, shared."""
+    """Lists as tuples; the few tuples of per-sample flags and scores that recur, shared; short
+    strings that recur ("stop", "42") shared (each reply decoded its own copy)."""
+    if type(value) is str:
+        return sys.intern(value) if len(value) <= 32 else value
     if not isinstance(value, list):
         return value
     as_tuple = tuple(value)

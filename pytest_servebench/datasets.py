@@ -56,10 +56,18 @@ class Case:
 
     id: str
     index: int
-    record: dict[str, Any]
+    # The record's fields that the prompt uses, in the order of `names` (one tuple shared by
+    # every case of a dataset): a tuple costs 50,000 cases ~7 MB less than a dict each.
+    values: tuple[Any, ...]
     reference: str
     subset: str | None = None
     runs_left: int = 0  # selected items of this case (one per model), see release
+    names: tuple[str, ...] = ()
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the prompt sees of the record ({} once released)."""
+        return dict(zip(self.names, self.values))
 
     def release(self) -> None:
         """One item of this case ran and was reported. After the last, drop the record: every
@@ -67,17 +75,20 @@ class Case:
         the end of the session."""
         self.runs_left -= 1
         if self.runs_left <= 0:
-            self.record = _RELEASED
+            self.values = _RELEASED
 
 
-# The record of a released case: rendering it again is a bug, and fails loudly.
-_RELEASED: dict[str, Any] = {}
+class _Released(tuple):  # type: ignore[type-arg]
+    """The values of a released case: rendering it again is a bug, and fails loudly."""
+
+
+_RELEASED = _Released()
 
 
 def _record_of(case: Case) -> dict[str, Any]:
-    if case.record is _RELEASED:
+    if case.values is _RELEASED:
         raise RuntimeError(f"case {case.id} was released after its run; it cannot be rendered")
-    return case.record
+    return dict(zip(case.names, case.values))
 
 
 def fill(template: str, record: dict[str, Any]) -> str:
@@ -475,6 +486,7 @@ class Dataset:
         seen: set[str] = set()
         merged = self.merged
         placeholders = self.placeholders
+        names = tuple(sorted(placeholders))
         for subset in self.subset_names:
             path = self.path_for(subset)
             if not path.is_file():
@@ -510,8 +522,8 @@ class Dataset:
                 reference = self.evaluator.reference(record[cfg.answer_field])
                 # A case keeps the fields its prompt uses: a worked solution in the answer
                 # field, or the raw choices, would otherwise stay in memory for every case.
-                used = {name: record[name] for name in placeholders}
-                cases.append(Case(case_id, len(cases), used, reference, subset))
+                used = tuple(record[name] for name in names)
+                cases.append(Case(case_id, len(cases), used, reference, subset, names=names))
         return cases
 
     def _case_id(self, index: int, record: dict[str, Any], path: Path, lineno: int) -> str:

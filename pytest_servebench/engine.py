@@ -14,13 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from .client import FatalEndpointError, RequestFailed, RetryableError, list_models, send
 from .config import ModelConfig
+from .jobs import Job, Progress, RunAborted
 from .store import PredictionWriter
 from .transport import make_client
 
@@ -57,35 +57,6 @@ class _WaitForTimeout:
         if self.expired and kind is asyncio.CancelledError:
             raise asyncio.TimeoutError
         return False
-
-
-class RunAborted(Exception):
-    """The run cannot go on (endpoint unreachable, credentials rejected, interrupted)."""
-
-
-@dataclass
-class Progress:
-    """Counters of one task, read by the progress view."""
-
-    total: int = 0
-    reused: int = 0
-    posted: int = 0
-    received: int = 0
-    finished: int = 0
-    failed: int = 0
-    retried: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(slots=True)
-class Job:
-    """One HTTP request: `count` samples of one case starting at sample index `first`."""
-
-    case_id: str
-    first: int
-    count: int
-    body: dict[str, Any]
-    hash: str
 
 
 class Endpoint:
@@ -180,6 +151,11 @@ class TaskRun:
         self._wanted: str | None = None  # the case the main thread waits for
         self._error: BaseException | None = None
         self._partial: dict[str, list[dict[str, Any] | None]] = {}
+        # The cases whose requests are still to be built; the engine process gets them in
+        # instalments (`fed` is set when more arrive, `feed_done` once the last one has).
+        self.pending: deque[str] = deque(order)
+        self.fed: asyncio.Event | None = None
+        self.feed_done = True
 
     def deliver(self, case_id: str, records: list[dict[str, Any]], first: int) -> None:
         slots = self._partial.setdefault(case_id, [None] * self.samples)
@@ -187,12 +163,16 @@ class TaskRun:
             slots[first + offset] = record
         if all(s is not None for s in slots):
             del self._partial[case_id]
-            with self._cond:
-                if case_id in self._waiting and self._error is None:
-                    self._waiting.discard(case_id)
-                    self._done[case_id] = slots  # type: ignore[assignment]
-                    if self._wanted == case_id:
-                        self._cond.notify()
+            self.complete(case_id, slots)  # type: ignore[arg-type]
+
+    def complete(self, case_id: str, records: list[dict[str, Any]]) -> None:
+        """Every sample of a case is in: hand the case over to the main thread."""
+        with self._cond:
+            if case_id in self._waiting and self._error is None:
+                self._waiting.discard(case_id)
+                self._done[case_id] = records
+                if self._wanted == case_id:
+                    self._cond.notify()
 
     def abort(self, error: BaseException) -> None:
         """Every case not delivered yet raises `error` in `wait` (from any thread)."""
@@ -270,6 +250,9 @@ class Engine:
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
 
     async def _endpoint(self, config: ModelConfig) -> Endpoint:
+        return self.endpoint_for(config)
+
+    def endpoint_for(self, config: ModelConfig) -> Endpoint:
         endpoint = self._endpoints.get(config.name)
         if endpoint is None:
             endpoint = Endpoint(config, self._headers_for(config))
@@ -307,14 +290,18 @@ class Engine:
         async def create() -> TaskRun:
             endpoint = await self._endpoint(config)
             run = TaskRun(key, endpoint, writer, samples, make_jobs, order)
-            self._runs.append(run)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._drive(run)))
+            self.launch(run)
             return run
 
         return asyncio.run_coroutine_threadsafe(create(), loop).result()
 
+    def launch(self, run: TaskRun) -> None:
+        """Start sending the requests of `run` (on the engine's loop)."""
+        self._runs.append(run)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._drive(run)))
+
     async def _drive(self, run: TaskRun) -> None:
-        pending: deque[str] = deque(run.order)
+        pending = run.pending
         jobs: deque[Job] = deque()
 
         def next_job() -> Job | None:
@@ -333,7 +320,11 @@ class Engine:
             while not self.stopping:
                 job = next_job()
                 if job is None:
-                    return
+                    if run.feed_done or run.fed is None:
+                        return
+                    run.fed.clear()  # nothing to do until the next instalment
+                    await run.fed.wait()
+                    continue
                 try:
                     await self._perform(run, job)
                 except asyncio.CancelledError:
@@ -342,7 +333,7 @@ class Engine:
                     log.exception("%s %s: internal error", run.key, job.case_id)
                     run.fail(job, f"internal error: {type(exc).__name__}: {exc}")
 
-        width = min(run.endpoint.config.max_concurrency, max(1, len(run.order) * run.samples))
+        width = min(run.endpoint.config.max_concurrency, max(1, run.progress.total * run.samples))
         try:
             await asyncio.gather(*(worker() for _ in range(width)))
         finally:
@@ -488,22 +479,23 @@ class Engine:
             return
         self.stopping = True
         loop = self._loop
-
-        async def shutdown() -> None:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            for endpoint in self._endpoints.values():
-                await endpoint.client.aclose()
-            for run in self._runs:
-                run.writer.close()
-
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
+            asyncio.run_coroutine_threadsafe(self.shutdown(), loop).result(timeout)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout)
         self._loop = None
+
+    async def shutdown(self) -> None:
+        """Drop what is in flight; close clients and prediction files (on the engine's loop)."""
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for endpoint in self._endpoints.values():
+            await endpoint.client.aclose()
+        for run in self._runs:
+            run.writer.close()
 
     @property
     def runs(self) -> list[TaskRun]:

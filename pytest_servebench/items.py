@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .datasets import Case
-from .engine import RunAborted
+from .jobs import RunAborted
 
 if TYPE_CHECKING:
     from .run import Task, TaskState

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .config import ModelConfig
 from .errors import ServebenchError
 from .secrets import redactor
@@ -408,6 +406,8 @@ class Launcher:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         delay = self.poll_interval
+        import httpx  # here: pytest itself never needs an HTTP client otherwise
+
         with httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False) as client:
             while True:
                 code = server.exit_code()

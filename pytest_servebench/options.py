@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -104,6 +105,13 @@ def addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="print live request progress every SECONDS (default 2 on a terminal, "
         "10 otherwise; 0 turns it off)",
+    )
+    group.addoption(
+        "--sb-engine",
+        choices=("process", "thread"),
+        default=None,
+        help="where requests are sent from: a process of their own (default; pytest and "
+        "the engine each get a core) or a thread of pytest's (one process)",
     )
     group.addoption(
         "--sb-merge-ds",
@@ -221,6 +229,7 @@ def resolve(config: pytest.Config) -> Options | None:
         reuse=reuse,
         resend=bool(get("sb_resend")),
         merge_subsets=bool(get("sb_merge_ds") or remembered.get("merge_subsets")),
+        engine=get("sb_engine") or ("thread" if sys.platform == "win32" else "process"),
     )
 
 

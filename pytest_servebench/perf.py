@@ -165,6 +165,12 @@ class CaseProtocol:
         storage = getattr(item.stash, "_storage", None)
         if isinstance(storage, dict):
             storage.clear()
+        # The item's own keywords (its name, for -k) were read by selection and by its
+        # reports; a NodeKeywords and its dict per case (~270 bytes, 13 MB at 50,000 cases)
+        # would otherwise stay to the session's end. The task's keywords stand in, and its
+        # empty list of marks (the lean path runs unmarked cases only) becomes a shared tuple.
+        item.keywords = parent.keywords
+        item.own_markers = _NOTHING  # type: ignore[assignment]
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True
 

@@ -13,11 +13,11 @@ import pytest
 from . import options as opts
 from . import perf, progress
 from .aggregate import TaskResult
-from .engine import RunAborted
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
 from .html import register_html
 from .items import NODE_PREFIX, CaseItem, TaskCollector
+from .jobs import RunAborted
 from .launcher import Launcher, apply_urls
 from .run import Run
 from .scoring import judge_case
@@ -193,6 +193,7 @@ class ServebenchPlugin:
         self.launcher.restore_signal_handlers()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._warm_up_engine()
         if is_worker(self.config):
             return
         self._start_servers()
@@ -230,6 +231,19 @@ class ServebenchPlugin:
 
             self._progress_thread = threading.Thread(target=loop, daemon=True)
             self._progress_thread.start()
+
+    def _warm_up_engine(self) -> None:
+        """Start the engine process while pytest collects, in each process that will send
+        (not an xdist controller, not --collect-only or --sb-mode eval)."""
+        warm_up = getattr(self.run.engine, "warm_up", None)
+        if (
+            warm_up is None
+            or self.options.mode == "eval"
+            or self.config.option.collectonly
+            or self.config.pluginmanager.has_plugin("dsession")
+        ):
+            return
+        warm_up()
 
     def _snapshot(self) -> None:
         from dataclasses import asdict

@@ -12,9 +12,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine import Engine
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:

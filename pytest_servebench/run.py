@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DatasetConfig, ModelConfig
 from .datasets import Case, Dataset, expand
-from .engine import Engine, Job, RunAborted, TaskRun
+from .jobs import Job, RunAborted
+from .remote import RemoteEngine, RemoteRun
 from .request_body import build_body, generation_kwargs, request_hash
 from .scoring import judge_case
 from .secrets import is_secret_header, redactor
 from .store import PredictionWriter, WorkDir, load_predictions
 
 if TYPE_CHECKING:
+    from .engine import Engine, TaskRun
     from .items import CaseItem
 
 log = logging.getLogger("servebench")
@@ -36,6 +38,7 @@ class Options:
     reuse: str | None = None
     resend: bool = False
     merge_subsets: bool = False
+    engine: str = "process"  # or "thread": see make_engine
 
 
 @dataclass
@@ -62,7 +65,7 @@ class TaskState:
     def __init__(self, task: Task, run: Run):
         self.task = task
         self.run = run
-        self.handle: TaskRun | None = None
+        self.handle: TaskRun | RemoteRun | None = None
         self.ready: dict[str, list[dict[str, Any]]] = {}
         self.started = False
 
@@ -168,6 +171,18 @@ class TaskState:
         )
 
 
+def make_engine(
+    kind: str, headers_for: Callable[[ModelConfig], dict[str, str]]
+) -> Engine | RemoteEngine:
+    """The engine in a process of its own, or in a thread of pytest's. In a thread it shares
+    pytest's GIL: at zero latency the two take turns (about 1.6x slower)."""
+    if kind == "thread":
+        from .engine import Engine
+
+        return Engine(headers_for)
+    return RemoteEngine(headers_for)
+
+
 class Run:
     """What one pytest process knows of the evaluation."""
 
@@ -191,7 +206,7 @@ class Run:
         self.datasets = {ds.config.name: ds for ds in expanded}
         self.tasks = [Task(m, ds) for m in models for ds in expanded]
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
-        self.engine = Engine(self._headers)
+        self.engine = make_engine(options.engine, self._headers)
         self._items: list[CaseItem] = []
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:

@@ -1,0 +1,39 @@
+"""What both sides of the engine speak of: a request to send, a task's counters, the abort.
+
+Kept apart from engine.py so that pytest's process imports no HTTP stack when the requests
+are sent from the engine process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RunAborted(Exception):
+    """The run cannot go on (endpoint unreachable, credentials rejected, interrupted)."""
+
+
+@dataclass
+class Progress:
+    """Counters of one task, read by the progress view."""
+
+    total: int = 0
+    reused: int = 0
+    posted: int = 0
+    received: int = 0
+    finished: int = 0
+    failed: int = 0
+    retried: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Job:
+    """One HTTP request: `count` samples of one case starting at sample index `first`."""
+
+    case_id: str
+    first: int
+    count: int
+    body: dict[str, Any]
+    hash: str

@@ -1,0 +1,204 @@
+"""The engine process (remote.py + engine_child.py): the same answers as the in-thread engine,
+bounded memory on pytest's side, and no lost work or hang when the child goes away."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_servebench.config import ModelConfig
+from pytest_servebench.jobs import Job, RunAborted
+from pytest_servebench.remote import RemoteEngine
+from pytest_servebench.store import PredictionWriter
+from pytest_servebench.testing.mockserver import FaultPlan, MockServer
+from pytest_servebench.wire import frame, unframe
+
+
+def test_frames_come_out_whole_however_the_bytes_arrive():
+    messages = [
+        ("done", [(1, "a", [{"ok": True, "content": "x" * 70_000}])]),
+        ("log", 20, "n", "é"),
+    ]
+    stream = b"".join(frame(m) for m in messages)
+    for step in (1, 3, 4096, len(stream)):
+        buffer = bytearray()
+        got = []
+        for i in range(0, len(stream), step):
+            buffer += stream[i : i + step]
+            got.extend(unframe(buffer))
+        assert got == messages and not buffer
+
+
+def _model(url: str, **extra) -> ModelConfig:
+    return ModelConfig(
+        name="m",
+        source="test",
+        type="openai-completions",
+        base_url=url,
+        model="x",
+        **extra,
+    )
+
+
+def _jobs(case_id: str) -> list[Job]:
+    return [Job(case_id, 0, 1, {"prompt": case_id, "max_tokens": 8}, f"h-{case_id}")]
+
+
+def _answer(request) -> str:
+    prompt = request.body["prompt"]
+    return f"answer: {prompt[1:]}"
+
+
+def test_every_case_comes_back_once_with_its_reply_saved_by_the_child(tmp_path):
+    order = [f"c{i}" for i in range(300)]
+    path = tmp_path / "p.jsonl"
+    with MockServer(_answer) as srv:
+        engine = RemoteEngine(lambda cfg: {"Authorization": "Bearer sk-secret"})
+        try:
+            run = engine.start("m/d", _model(srv.base_url), PredictionWriter(path), 1, order, _jobs)
+            got = {cid: run.wait(cid, 20.0) for cid in order}
+        finally:
+            engine.close()
+        seen = dict(srv.stats.requests)
+    assert all(got[cid][0]["content"] == f"answer: {cid[1:]}" for cid in order)
+    assert sum(v for k, v in seen.items() if k.endswith("completions")) == 300
+    saved = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["case"] for r in saved) == sorted(order)  # the child wrote them, once each
+    p = run.progress
+    assert (p.posted, p.received, p.finished, p.failed) == (300, 300, 300, 0)
+    with pytest.raises(KeyError):
+        run.wait("c0", 0.1)  # taken already
+    assert engine._proc is None  # closed and reaped
+
+
+def test_pytest_never_holds_more_than_a_window_of_finished_cases(tmp_path):
+    order = [f"c{i}" for i in range(3000)]
+    with MockServer(_answer) as srv:
+        engine = RemoteEngine(lambda cfg: {})
+        try:
+            model = _model(srv.base_url, max_concurrency=16)
+            run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, order, _jobs)
+            assert run.window == 1024
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(run._done) < run.window:
+                engine.pump(0.2)  # pytest is busy elsewhere: nothing is taken
+            held = len(run._done) + run.in_child
+            time.sleep(0.5)
+            engine.pump(0.0)
+            # Feeding stops once a window of finished cases waits: what is held stays put,
+            # below two windows (one finished, one in the child), however long the dataset.
+            assert len(run._done) + run.in_child == held <= 2 * run.window
+            assert len(run.pending) == 3000 - held  # nothing more was built
+            got = [run.wait(cid, 20.0) for cid in order]  # taking them lets the rest through
+        finally:
+            engine.close()
+    assert all(r[0]["ok"] for r in got)
+
+
+def test_a_case_whose_request_cannot_be_built_fails_alone(tmp_path):
+    def make_jobs(case_id: str) -> list[Job]:
+        if case_id == "b":
+            raise ValueError("no template")
+        return _jobs(case_id)
+
+    with MockServer(_answer) as srv:
+        engine = RemoteEngine(lambda cfg: {})
+        try:
+            run = engine.start(
+                "m/d",
+                _model(srv.base_url),
+                PredictionWriter(tmp_path / "p"),
+                1,
+                ["a", "b", "c"],
+                make_jobs,
+            )
+            got = {cid: run.wait(cid, 10.0) for cid in ("a", "b", "c")}
+        finally:
+            engine.close()
+    assert got["a"][0]["ok"] and got["c"][0]["ok"]
+    assert not got["b"][0]["ok"] and "no template" in got["b"][0]["error"]
+
+
+def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
+    path = tmp_path / "p.jsonl"
+    order = [f"c{i}" for i in range(40)]
+
+    def stall_all_but_c0(request, attempt):
+        return None if request.body["prompt"] == "c0" else "stall"  # no reply for 30 s
+
+    with MockServer(_answer, faults=FaultPlan(custom=stall_all_but_c0)) as srv:
+        engine = RemoteEngine(lambda cfg: {})
+        try:
+            model = _model(srv.base_url, max_concurrency=4, read_timeout=60.0)
+            run = engine.start("m/d", model, PredictionWriter(path), 1, order, _jobs)
+            assert run.wait("c0", 10.0)[0]["ok"]
+            os.kill(engine._proc.pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(RunAborted, match="engine process stopped unexpectedly"):
+                while run.wait("c1", 1.0) is None:
+                    assert time.monotonic() - started < 10
+            assert engine.fatal and "exit code -9" in engine.fatal
+        finally:
+            engine.close()
+    assert [json.loads(line)["case"] for line in path.read_text().splitlines()] == ["c0"]
+
+
+def test_the_model_name_is_asked_once_and_log_lines_come_home(tmp_path, caplog):
+    order = ["a", "b"]
+
+    def first_attempt_of_a_fails(request, attempt):
+        return "500" if request.body["prompt"] == "a" and attempt == 0 else None
+
+    with MockServer(_answer, faults=FaultPlan(custom=first_attempt_of_a_fails)) as srv:
+        model = ModelConfig(
+            name="m",
+            source="test",
+            type="openai-completions",
+            base_url=srv.base_url,
+            retry_backoff=0.01,
+        )
+        engine = RemoteEngine(lambda cfg: {})
+        try:
+            with caplog.at_level(logging.INFO, logger="servebench"):
+                name = engine.model_name(model)
+                run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, order, _jobs)
+                got = [run.wait(cid, 10.0) for cid in order]
+                engine.pump(0.2)
+        finally:
+            engine.close()
+    assert name == srv.model_name
+    assert all(r[0]["ok"] for r in got)
+    assert any("retry 1/" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreachable_server_stops_the_run_once(tmp_path):
+    engine = RemoteEngine(lambda cfg: {})
+    try:
+        model = _model("http://127.0.0.1:9/v1", retries=0, connect_timeout=1.0)
+        run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, ["a", "b"], _jobs)
+        with pytest.raises(RunAborted, match="not reachable"):
+            for _ in range(40):
+                if run.wait("a", 0.5) is not None:
+                    break
+        with pytest.raises(RunAborted):
+            run.wait("b", 0.5)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("engine", ["process", "thread"])
+def test_both_engines_give_the_same_verdicts(pytester, engine):
+    from test_perf import _eval_args, _tiny_eval
+
+    _tiny_eval(pytester)
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = pytester.runpytest_subprocess(*_eval_args(srv.base_url), f"--sb-engine={engine}")
+    result.assert_outcomes(passed=1, failed=5)
+    saved = list(Path(pytester.path, "out").glob("*/predictions/*/*.jsonl"))
+    assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 6
