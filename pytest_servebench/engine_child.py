@@ -131,6 +131,11 @@ class Child(asyncio.Protocol):
         self.progress(True)
         if reply:
             self.send(("closed",))
+            transport = self.transport
+            if transport is not None and not transport.get_write_buffer_size():
+                # Files and connections are closed and pytest has its answer: leave now
+                # rather than keep pytest waiting through the interpreter's teardown.
+                os._exit(0)
         if not self.stopped.done():
             self.stopped.set_result(None)
 

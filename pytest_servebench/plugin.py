@@ -122,6 +122,7 @@ class ServebenchPlugin:
             self._check_rootdir()
             self._snapshot()
             self._remember(base)
+        self._warm_up_engine()
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _setup_logging(self) -> None:
@@ -193,7 +194,6 @@ class ServebenchPlugin:
         self.launcher.restore_signal_handlers()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        self._warm_up_engine()
         if is_worker(self.config):
             return
         self._start_servers()
@@ -233,14 +233,16 @@ class ServebenchPlugin:
             self._progress_thread.start()
 
     def _warm_up_engine(self) -> None:
-        """Start the engine process while pytest collects, in each process that will send
-        (not an xdist controller, not --collect-only or --sb-mode eval)."""
+        """Start the engine process now, so that its start-up overlaps pytest's, in each
+        process that will send (not an xdist controller, not --collect-only or --sb-mode
+        eval). xdist's own configure, which registers the controller, runs after this one."""
         warm_up = getattr(self.run.engine, "warm_up", None)
+        distributing = getattr(self.config.option, "dist", "no") != "no"
         if (
             warm_up is None
             or self.options.mode == "eval"
             or self.config.option.collectonly
-            or self.config.pluginmanager.has_plugin("dsession")
+            or (distributing and not is_worker(self.config))
         ):
             return
         warm_up()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
+from .errors import ServebenchError
 from .jobs import Job, Progress, RunAborted
 from .store import PredictionWriter
 from .wire import frame, unframe
@@ -158,6 +159,12 @@ class RemoteEngine:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+        except OSError as exc:
+            ours.close()
+            raise ServebenchError(
+                f"cannot start the engine process with {sys.executable}: {exc}; "
+                "run with --sb-engine thread to send requests from pytest's own process"
+            ) from exc
         finally:
             theirs.close()
         ours.setblocking(False)
