@@ -5,7 +5,7 @@ case cost their sum. Here the engine's event loop owns the process's main thread
 instalments of built requests and gets back finished cases, progress counters, log lines and
 a fatal error if one happens (see remote.py for the other end and wire.py for the frames).
 
-Started as `python -m pytest_servebench.engine_child FD`. It ignores Ctrl-C (pytest decides
+Started by remote.py as `main([package_root, FD])`. It ignores Ctrl-C (pytest decides
 when to stop and asks for a clean shutdown), and dies with pytest (PR_SET_PDEATHSIG on Linux,
 the socket's EOF elsewhere): predictions are flushed once per loop step, as in-thread."""
 
@@ -223,5 +223,3 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

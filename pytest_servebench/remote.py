@@ -123,12 +123,26 @@ class RemoteRun:
         ]
 
 
+# The child imports this very copy of the package, whatever the working folder holds.
+_CHILD_MAIN = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from pytest_servebench.engine_child import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 class RemoteEngine:
     """The Engine interface (model_name, start, runs, fatal, on_progress, close), with the
     requests sent from a child process."""
 
-    def __init__(self, headers_for: Callable[[ModelConfig], dict[str, str]]) -> None:
+    package_root = Path(__file__).resolve().parent.parent
+
+    def __init__(
+        self, headers_for: Callable[[ModelConfig], dict[str, str]], logs: Path | None = None
+    ) -> None:
         self._headers_for = headers_for
+        # What the child prints itself (a crash's traceback): its log lines come over the
+        # socket, and pytest's own stderr is pytest's capture file while it runs.
+        self._stderr_path = (logs / f"engine-{os.getpid()}.stderr") if logs else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
@@ -149,15 +163,16 @@ class RemoteEngine:
         if self._sock is not None:
             return self._sock
         ours, theirs = socket.socketpair()
-        package_root = str(Path(__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+        stderr: Any = None
         try:
+            if self._stderr_path is not None:
+                self._stderr_path.parent.mkdir(parents=True, exist_ok=True)
+                stderr = self._stderr_path.open("ab")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pytest_servebench.engine_child", str(theirs.fileno())],
+                [sys.executable, "-c", _CHILD_MAIN, str(self.package_root), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env=env,
+                stderr=stderr,
             )
         except OSError as exc:
             ours.close()
@@ -167,6 +182,8 @@ class RemoteEngine:
             ) from exc
         finally:
             theirs.close()
+            if stderr is not None:
+                stderr.close()
         ours.setblocking(False)
         self._sock = ours
         return ours
@@ -265,9 +282,22 @@ class RemoteEngine:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._proc.wait(1.0)
         detail = f"exit code {code}" if code is not None else f"{exc or 'connection closed'}"
-        message = f"the engine process stopped unexpectedly ({detail})"
+        message = f"the engine process stopped unexpectedly ({detail}{self._last_words()})"
         log.error("run aborted: %s", message)
         self._abort(message)
+
+    def _last_words(self) -> str:
+        """The last line the child printed (its exception, after a traceback), redacted."""
+        path = self._stderr_path
+        try:
+            lines = path.read_text(errors="replace").strip().splitlines() if path else []
+        except OSError:
+            return ""
+        if not lines:
+            return ""
+        from .secrets import redactor
+
+        return f": {redactor(lines[-1][-500:])}; see {path}"
 
     # -- the Engine interface ------------------------------------------------------------
     def model_name(self, config: ModelConfig) -> str:
@@ -334,3 +364,7 @@ class RemoteEngine:
             proc.kill()
             proc.wait()
         self._proc = None
+        path = self._stderr_path
+        with contextlib.suppress(OSError):
+            if path is not None and not path.stat().st_size:
+                path.unlink()  # nothing to say: no empty file in logs/

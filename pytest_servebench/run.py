@@ -172,7 +172,7 @@ class TaskState:
 
 
 def make_engine(
-    kind: str, headers_for: Callable[[ModelConfig], dict[str, str]]
+    kind: str, headers_for: Callable[[ModelConfig], dict[str, str]], logs: Path
 ) -> Engine | RemoteEngine:
     """The engine in a process of its own, or in a thread of pytest's. In a thread it shares
     pytest's GIL: at zero latency the two take turns (about 1.6x slower)."""
@@ -180,7 +180,7 @@ def make_engine(
         from .engine import Engine
 
         return Engine(headers_for)
-    return RemoteEngine(headers_for)
+    return RemoteEngine(headers_for, logs)
 
 
 class Run:
@@ -206,7 +206,7 @@ class Run:
         self.datasets = {ds.config.name: ds for ds in expanded}
         self.tasks = [Task(m, ds) for m in models for ds in expanded]
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
-        self.engine = make_engine(options.engine, self._headers)
+        self.engine = make_engine(options.engine, self._headers, work.root / "logs")
         self._items: list[CaseItem] = []
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:

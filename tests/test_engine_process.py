@@ -133,7 +133,7 @@ def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
         return None if request.body["prompt"] == "c0" else "stall"  # no reply for 30 s
 
     with MockServer(_answer, faults=FaultPlan(custom=stall_all_but_c0)) as srv:
-        engine = RemoteEngine(lambda cfg: {})
+        engine = RemoteEngine(lambda cfg: {}, tmp_path)
         try:
             model = _model(srv.base_url, max_concurrency=4, read_timeout=60.0)
             run = engine.start("m/d", model, PredictionWriter(path), 1, order, _jobs)
@@ -146,6 +146,7 @@ def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
             assert engine.fatal and "exit code -9" in engine.fatal
         finally:
             engine.close()
+    assert not list(tmp_path.glob("engine-*"))  # the child printed nothing: no file left
     assert [json.loads(line)["case"] for line in path.read_text().splitlines()] == ["c0"]
 
 
@@ -202,3 +203,38 @@ def test_both_engines_give_the_same_verdicts(pytester, engine):
     result.assert_outcomes(passed=1, failed=5)
     saved = list(Path(pytester.path, "out").glob("*/predictions/*/*.jsonl"))
     assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 6
+
+
+def test_a_child_that_crashes_says_why_and_leaves_its_traceback_in_the_logs(tmp_path, monkeypatch):
+    # A child that cannot even start (its module fails to import) stands for any crash.
+    broken = tmp_path / "broken"
+    (broken / "pytest_servebench").mkdir(parents=True)
+    (broken / "pytest_servebench" / "__init__.py").write_text("")
+    (broken / "pytest_servebench" / "engine_child.py").write_text(
+        "raise RuntimeError('engine exploded, key sk-planted-secret')\n"
+    )
+    from pytest_servebench.secrets import redactor
+
+    redactor.add("sk-planted-secret")
+    engine = RemoteEngine(lambda cfg: {}, tmp_path / "logs")
+    monkeypatch.setattr(RemoteEngine, "package_root", broken)
+    try:
+        run = engine.start(
+            "m/d",
+            _model("http://127.0.0.1:9/v1"),
+            PredictionWriter(tmp_path / "p"),
+            1,
+            ["a"],
+            _jobs,
+        )
+        with pytest.raises(RunAborted) as caught:
+            for _ in range(40):
+                if run.wait("a", 0.5) is not None:
+                    break
+    finally:
+        engine.close()
+    message = str(caught.value)
+    assert "exit code 1" in message and "engine exploded" in message
+    assert "sk-planted-secret" not in message
+    (log,) = (tmp_path / "logs").glob("engine-*.stderr")
+    assert "Traceback" in log.read_text()
