@@ -221,5 +221,3 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     asyncio.run(_serve(sock))
     return 0
-
-
