@@ -239,25 +239,27 @@ def paired_significance(a: Sequence[float], b: Sequence[float]) -> dict[str, Any
     where ``diff = 100 * (mean(a) - mean(b))`` in percentage points and ``significant`` is
     ``p_value < 0.05``.
     """
-    import numpy as np
-
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"paired scores need the same cases: got {x.shape} and {y.shape}")
-    n = int(x.size)
+    x = [float(v) for v in a]
+    y = [float(v) for v in b]
+    if len(x) != len(y):
+        raise ValueError(f"paired scores need the same cases: got {len(x)} and {len(y)}")
+    n = len(x)
     if n == 0:
         return {"test": "mcnemar", "p_value": 1.0, "diff": 0.0, "n": 0, "significant": False}
     if _is_binary(x) and _is_binary(y):
         test = "mcnemar"
-        p_value = mcnemar_exact(int(np.sum((x == 1) & (y == 0))), int(np.sum((x == 0) & (y == 1))))
+        a_only = sum(1 for i, j in zip(x, y) if i == 1.0 and j == 0.0)
+        b_only = sum(1 for i, j in zip(x, y) if i == 0.0 and j == 1.0)
+        p_value = mcnemar_exact(a_only, b_only)
     else:
+        import numpy as np
+
         test = "paired_bootstrap"
-        p_value = paired_bootstrap(x - y)
+        p_value = paired_bootstrap(np.asarray(x) - np.asarray(y))
     return {
         "test": test,
         "p_value": float(p_value),
-        "diff": float(100.0 * (x.mean() - y.mean())),
+        "diff": 100.0 * (_mean(x) - _mean(y)),
         "n": n,
         "significant": bool(p_value < SIGNIFICANCE_LEVEL),
     }

@@ -445,3 +445,19 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     assert f"THRESHOLD {max(before[0], GC_YOUNG_THRESHOLD)}" in result.stdout.str()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0  # not the process's own command line: nothing frozen
+
+
+def test_the_failed_subtest_counts_read_the_same_without_storing_zeros():
+    from collections import defaultdict
+
+    from pytest_servebench.perf import count_without_inserting
+
+    subtests = pytest.importorskip("_pytest.subtests")
+    config = SimpleNamespace(stash=pytest.Stash())
+    config.stash[subtests.failed_subtests_key] = defaultdict(int, {"a": 2})
+    assert count_without_inserting(config)
+    counts = config.stash[subtests.failed_subtests_key]
+    assert counts["a"] == 2 and counts["never-failed"] == 0 and "never-failed" not in counts
+    counts["b"] += 1
+    assert counts == {"a": 2, "b": 1}
+    assert not count_without_inserting(config)  # once is enough
