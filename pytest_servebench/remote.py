@@ -34,6 +34,7 @@ from .wire import frame, unframe
 log = logging.getLogger("servebench.engine")
 
 _READ_SIZE = 1 << 20
+SEND_STALL = 60.0  # seconds the child may leave the socket full before it counts as stuck
 
 
 class RemoteRun:
@@ -150,6 +151,7 @@ class RemoteEngine:
         self._replies: dict[int, tuple[str | None, str | None]] = {}
         self._next_id = 0
         self._closed = False
+        self._torn = False  # a frame was cut short: the child can only be told by EOF
         self.fatal: str | None = None
         self.stopping = False
         self.on_progress: Callable[[bool], None] = lambda force: None
@@ -189,19 +191,30 @@ class RemoteEngine:
         return ours
 
     def _send(self, message: Any) -> None:
-        sock = self._ensure_process()
+        if self._proc is None:
+            self._ensure_process()
+        sock = self._sock
+        if sock is None:  # the child is gone: never start a second one mid-run
+            raise RunAborted(self.fatal or "the engine process is gone")
         view = memoryview(frame(message))
-        while view:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                # The child reads as fast as its loop turns; it never waits on us to write.
-                select.select([], [sock], [])
-                continue
-            except OSError as exc:
-                self._lost(exc)
-                return
-            view = view[sent:]
+        try:
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    # The child's loop reads as it turns and never waits on us: a full socket
+                    # for a minute means it is stuck.
+                    if not select.select([], [sock], [], SEND_STALL)[1]:
+                        self._lost(TimeoutError(f"it read nothing for {SEND_STALL:.0f}s"))
+                        return
+                    continue
+                except OSError as exc:
+                    self._lost(exc)
+                    return
+                view = view[sent:]
+        except BaseException:  # Ctrl-C mid-frame: what follows would not parse
+            self._torn = bool(view)
+            raise
 
     def pump(self, timeout: float) -> None:
         """Read what the child sent, waiting up to `timeout` seconds for something; then top
@@ -347,6 +360,9 @@ class RemoteEngine:
         proc = self._proc
         if proc is None:
             return
+        if self._sock is not None and self._torn:
+            self._sock.close()  # the child reads EOF, stops and closes its files
+            self._sock = None
         if self._sock is not None:
             self._send(("close",))
             deadline = time.monotonic() + timeout

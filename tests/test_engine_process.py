@@ -144,6 +144,10 @@ def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
                 while run.wait("c1", 1.0) is None:
                     assert time.monotonic() - started < 10
             assert engine.fatal and "exit code -9" in engine.fatal
+            child = engine._proc
+            with pytest.raises(RunAborted):  # a later task is refused, not given a new child
+                engine.start("m/e", model, PredictionWriter(tmp_path / "q"), 1, ["x"], _jobs)
+            assert engine._proc is child
         finally:
             engine.close()
     assert not list(tmp_path.glob("engine-*"))  # the child printed nothing: no file left
