@@ -20,7 +20,7 @@ import httpx
 
 from .client import FatalEndpointError, RequestFailed, RetryableError, list_models, send
 from .config import ModelConfig
-from .jobs import Job, Progress, RunAborted
+from .jobs import Job, Progress, RunAborted, unbuilt
 from .store import PredictionWriter
 from .transport import make_client
 
@@ -203,17 +203,7 @@ class TaskRun:
             return None
 
     def fail(self, job: Job, message: str) -> None:
-        records = [
-            {
-                "case": job.case_id,
-                "sample": job.first + i,
-                "hash": job.hash,
-                "ok": False,
-                "error": message,
-            }
-            for i in range(job.count)
-        ]
-        self.deliver(job.case_id, records, job.first)
+        self.deliver(job.case_id, job.failed(message), job.first)
 
 
 class Engine:
@@ -312,8 +302,7 @@ class Engine:
                     jobs.extend(run.make_jobs(case_id))
                 except Exception as exc:  # the case fails; the worker and the run go on
                     log.exception("%s %s: cannot build the request", run.key, case_id)
-                    message = f"internal error building the request: {type(exc).__name__}: {exc}"
-                    run.fail(Job(case_id, 0, run.samples, {}, ""), message)
+                    run.deliver(case_id, unbuilt(case_id, run.samples, exc), 0)
             return jobs.popleft() if jobs else None
 
         async def worker() -> None:

@@ -37,3 +37,22 @@ class Job:
     count: int
     body: dict[str, Any]
     hash: str
+
+    def failed(self, message: str) -> list[dict[str, Any]]:
+        """The records of this request's samples when it could not be made or served."""
+        return [
+            {
+                "case": self.case_id,
+                "sample": self.first + i,
+                "hash": self.hash,
+                "ok": False,
+                "error": message,
+            }
+            for i in range(self.count)
+        ]
+
+
+def unbuilt(case_id: str, samples: int, exc: Exception) -> list[dict[str, Any]]:
+    """The records of a case whose requests could not be built (a template or data bug)."""
+    message = f"internal error building the request: {type(exc).__name__}: {exc}"
+    return Job(case_id, 0, samples, {}, "").failed(message)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .errors import ServebenchError
-from .jobs import Job, Progress, RunAborted
+from .jobs import Job, Progress, RunAborted, unbuilt
 from .store import PredictionWriter
 from .wire import frame, unframe
 
@@ -109,19 +109,12 @@ class RemoteRun:
                 built = self.make_jobs(case_id)
             except Exception as exc:  # the case fails; the run goes on
                 log.exception("%s %s: cannot build the request", self.key, case_id)
-                self.deliver(case_id, self._failed(case_id, exc))
+                self.deliver(case_id, unbuilt(case_id, self.samples, exc))
                 continue
             jobs.extend(built)
             self.in_child += 1
             room -= 1
         return jobs, not self.pending
-
-    def _failed(self, case_id: str, exc: Exception) -> list[dict[str, Any]]:
-        message = f"internal error building the request: {type(exc).__name__}: {exc}"
-        return [
-            {"case": case_id, "sample": s, "hash": "", "ok": False, "error": message}
-            for s in range(self.samples)
-        ]
 
 
 # The child imports this very copy of the package, whatever the working folder holds.
