@@ -181,11 +181,19 @@ class ServebenchPlugin:
         xdist starts its workers (its sessionstart is trylast) so they get the URLs."""
         if self.config.option.collectonly or self.options.mode == "eval":
             return
-        if not any(m.launch for m in self.run.models):
+        launching = [m for m in self.run.models if m.launch]
+        needed = [m for m in launching if self.run.sends_to(m)]
+        for model in launching:
+            if model not in needed:  # a resumed run whose answers are all saved
+                self._echo(
+                    f"[servebench] {model.name}: every case has a saved answer in "
+                    f"{self.run.work.root}; its server is not started"
+                )
+        if not needed:
             return
         self.launcher.install_signal_handlers()
         try:
-            self.launched = self.launcher.start_models(self.run.models)
+            self.launched = self.launcher.start_models(needed)
         except ServebenchError as exc:
             raise pytest.UsageError(str(exc)) from None
 

@@ -101,19 +101,20 @@ class TaskState:
                 self.ready[case.id] = self._saved_records(case, None)
             return
         engine = self.run.engine
-        model_name = engine.model_name(self.task.model)
         to_send: list[str] = []
         by_id: dict[str, Case] = {}
         for case in cases:
             if not self.run.options.resend and self.saved:
-                jobs = self.jobs_for(case, model_name)
-                records = self._reusable(jobs)
+                # The hash holds the configured model name: no need to ask the server yet.
+                jobs = self.jobs_for(case, self.task.model.model)
+                records = self._reusable(jobs, self.saved)
                 if records is not None:
                     self.ready[case.id] = records
                     continue
             to_send.append(case.id)
             by_id[case.id] = case
         if to_send:
+            model_name = engine.model_name(self.task.model)
             writer = PredictionWriter(self.run.work.predictions_file(*self.file_key))
             self.handle = engine.start(
                 self.task.key,
@@ -125,11 +126,26 @@ class TaskState:
             )
         self.saved.clear()  # what we need was copied out; free the memory
 
-    def _reusable(self, jobs: list[Job]) -> list[dict[str, Any]] | None:
+    def all_saved(self) -> bool:
+        """Whether every case of the task has a saved answer to the exact request it would
+        send: then the task sends nothing, whatever is selected. Read from the store, and
+        forgotten again (the controller asks before launching servers)."""
+        if self.run.options.resend:
+            return False
+        saved = load_predictions(self.run.work.predictions_file(*self.file_key))
+        return bool(saved) and all(
+            self._reusable(self.jobs_for(case, self.task.model.model), saved) is not None
+            for case in self.task.cases
+        )
+
+    @staticmethod
+    def _reusable(
+        jobs: list[Job], saved: dict[tuple[str, int], dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
         records: list[dict[str, Any]] = []
         for job in jobs:
             for sample in range(job.first, job.first + job.count):
-                record = self.saved.get((job.case_id, sample))
+                record = saved.get((job.case_id, sample))
                 if record is None or not record.get("ok") or record.get("hash") != job.hash:
                     return None
                 records.append(record)
@@ -226,6 +242,16 @@ class Run:
         self._items = items
         for item in items:  # the models of a run share a dataset's cases
             item.case.runs_left += 1
+
+    def sends_to(self, model: ModelConfig) -> bool:
+        """Whether any task of `model` may need a request (a task whose data cannot be read
+        counts as needing one: collection reports the problem)."""
+        try:
+            return any(
+                not state.all_saved() for state in self.states.values() if state.task.model is model
+            )
+        except Exception:
+            return True
 
     def items_of(self, task: Task) -> list[CaseItem]:
         return [i for i in self._items if i.collector.task is task]

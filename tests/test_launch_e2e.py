@@ -197,3 +197,24 @@ def test_killing_the_session_leaves_no_server(pytester, sig, xdist):
     assert wait_gone(pid), out
     if sig == signal.SIGINT:
         assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+
+
+def test_a_resumed_run_with_every_answer_saved_starts_no_server(pytester):
+    launched_suite(pytester.path)
+    first = pytester.runpytest_subprocess(*args("fake_launched", "--sb-limit", "5"))
+    counts = first.parseoutcomes()
+    (log,) = server_logs(pytester.path)
+    assert len(server_pids(log)) == 1
+    again = pytester.runpytest_subprocess(
+        *args("fake_launched", "--sb-limit", "5", "--sb-reuse", "latest")
+    )
+    assert again.parseoutcomes() == counts  # the same verdicts, from the saved answers
+    assert "fake_launched: every case has a saved answer" in again.stdout.str()
+    (log,) = server_logs(pytester.path)
+    assert len(server_pids(log)) == 1  # no second server
+    # One more case than was answered: the server is needed, and started.
+    more = pytester.runpytest_subprocess(
+        *args("fake_launched", "--sb-limit", "6", "--sb-reuse", "latest")
+    )
+    assert sum(more.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 6
+    assert len(server_pids(log)) == 2
