@@ -140,7 +140,6 @@ class TaskRun:
         self.writer = writer
         self.samples = samples
         self.make_jobs = make_jobs
-        self.order = order
         self.progress = Progress(total=len(order))
         # One lock and two small dicts instead of a concurrent.futures.Future per case: 50,000
         # Futures cost 78 MB and 0.75 s to create. A case is in `_waiting` until the engine
@@ -239,9 +238,6 @@ class Engine:
         """Run a coroutine on the engine loop and wait for its result (main thread only)."""
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
 
-    async def _endpoint(self, config: ModelConfig) -> Endpoint:
-        return self.endpoint_for(config)
-
     def endpoint_for(self, config: ModelConfig) -> Endpoint:
         endpoint = self._endpoints.get(config.name)
         if endpoint is None:
@@ -255,7 +251,7 @@ class Engine:
             return config.model
 
         async def resolve() -> str:
-            endpoint = await self._endpoint(config)
+            endpoint = self.endpoint_for(config)
             return await endpoint.resolve_model()
 
         try:
@@ -278,7 +274,7 @@ class Engine:
         loop = self._ensure_loop()
 
         async def create() -> TaskRun:
-            endpoint = await self._endpoint(config)
+            endpoint = self.endpoint_for(config)
             run = TaskRun(key, endpoint, writer, samples, make_jobs, order)
             self.launch(run)
             return run
