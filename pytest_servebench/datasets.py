@@ -47,6 +47,9 @@ _ID_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 #: Parent config name -> group abbr, for the summary's average rows of split sub-datasets.
 SUBSET_GROUPS: dict[str, str] = {}
+#: Parent config name -> ((row name, member subsets), ...): the summary's category rows
+#: (AISBench's summary groups, e.g. mmlu-humanities: the naive average of its subjects).
+SUBSET_CATEGORIES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
 
 
 @dataclass(slots=True)
@@ -227,14 +230,18 @@ class SubsetSpec:
           # fields: [subject, subject_zh, category]  # .txt file (one name a line); `fields`
           #                                       # names the items of list-valued entries
           abbr: lukaemon_mmlu_{subset}            # summary row name (default <abbr>_{subset})
+          group_by: category                      # a summary row <abbr>-<value> per value of
+                                                  # this subset field (lower case, - for spaces)
+          groups: {hard: [college_physics, ...]}  # and/or named lists: a row <abbr>-<name>
     """
 
     names: tuple[str, ...]
     fields: Mapping[str, Mapping[str, Any]]
     abbr: str
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-_SUBSET_KEYS = ("names", "file", "fields", "abbr")
+_SUBSET_KEYS = ("names", "file", "fields", "abbr", "group_by", "groups")
 
 
 def check_subsets(config: DatasetConfig, line: int | None) -> None:
@@ -265,6 +272,17 @@ def check_subsets(config: DatasetConfig, line: int | None) -> None:
         isinstance(spec["fields"], list) and all(isinstance(f, str) for f in spec["fields"])
     ):
         fail("`fields` must be a list of field names")
+    groups = spec.get("groups")
+    if groups is not None and not (
+        isinstance(groups, Mapping)
+        and all(
+            isinstance(members, list) and members and all(isinstance(m, str) for m in members)
+            for members in groups.values()
+        )
+    ):
+        fail("`groups` must map each group name to a non-empty list of subset names")
+    if "group_by" in spec and not isinstance(spec["group_by"], str):
+        fail("`group_by` must name a field of the subsets (e.g. category)")
     abbr = spec.get("abbr")
     if abbr is not None and (not isinstance(abbr, str) or "{subset}" not in abbr):
         fail("`abbr` must be a string containing {subset}, e.g. ceval-{subset}")
@@ -312,7 +330,24 @@ def load_subsets(config: DatasetConfig, datasets_dir: Path) -> SubsetSpec:
         raise ConfigError(f"subsets: {message}", config.source)
 
     _check_names(names, fail)
-    return SubsetSpec(tuple(names), fields, abbr)
+    return SubsetSpec(tuple(names), fields, abbr, _groups(spec, names, fields))
+
+
+def _groups(
+    spec: Mapping[str, Any], names: list[str], fields: Mapping[str, Mapping[str, Any]]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The category groups: by the value of `group_by` (in order of first appearance), then
+    the named `groups`."""
+    by_value: dict[str, list[str]] = {}
+    field = spec.get("group_by")
+    if field:
+        for name in names:
+            value = fields.get(name, {}).get(field)
+            if value is not None:
+                key = "-".join(str(value).lower().split())
+                by_value.setdefault(key, []).append(name)
+    named = {str(g): [str(m) for m in members] for g, members in (spec.get("groups") or {}).items()}
+    return tuple((group, tuple(members)) for group, members in {**by_value, **named}.items())
 
 
 def _read_subset_file(path: Path, field_names: list[str] | None, config: DatasetConfig) -> Any:
@@ -719,6 +754,9 @@ def expand(
         return [Dataset(config, datasets_dir, limit)]
     spec = load_subsets(config, datasets_dir)
     SUBSET_GROUPS[config.name] = config.abbr
+    SUBSET_CATEGORIES[config.name] = tuple(
+        (f"{config.abbr}-{group}", members) for group, members in spec.groups
+    )
     out = []
     for subset in spec.names:
         sub = dataclasses.replace(

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import metrics
 from .aggregate import COUNT_ROWS, TaskResult
-from .datasets import SUBSET_GROUPS, group_version
+from .datasets import SUBSET_CATEGORIES, SUBSET_GROUPS, group_version
 
 HEADER = ("dataset", "version", "metric", "mode")
 
@@ -67,14 +67,15 @@ def _add_group_rows(
     results: Sequence[TaskResult], models: list[str], rows: list[list[str]]
 ) -> None:
     """After the rows of a split dataset's subsets: the group's averages, weighted by case
-    count (equal to the merged run's figure) and unweighted (AISBench's naive_average), then
-    the group's summed count rows. A group with a partial subset shows '-'."""
+    count (equal to the merged run's figure) and unweighted (AISBench's naive_average), the
+    group's summed count rows, then a naive_average row per category whose subsets all ran
+    (mmlu-humanities, ceval-hard...). A group with a partial subset shows '-'."""
     groups: dict[tuple[str, str], list[TaskResult]] = {}
     for r in results:
         group = _group_of(r)
         if group is not None:
             groups.setdefault(group, []).append(r)
-    for (_, abbr), members in groups.items():
+    for (parent, abbr), members in groups.items():
         member_rows = {(r.dataset, r.version) for r in members}
         # one version per subset (members hold one result per model)
         version = group_version({r.dataset_name: r.version for r in members}.values())
@@ -98,6 +99,21 @@ def _add_group_rows(
                 mine = [r for r in members if r.model == model]
                 row.append(_group_cell(mine, name, how) if mine else "-")
             new_rows.append(row)
+        ran = {r.dataset_name.rpartition("/")[2] for r in members}
+        for category, subsets in SUBSET_CATEGORIES.get(parent, ()):
+            if not ran.issuperset(subsets):
+                continue  # a run of some subjects only: the category is not measured
+            inside = [r for r in members if r.dataset_name.rpartition("/")[2] in subsets]
+            category_version = group_version({r.dataset_name: r.version for r in inside}.values())
+            for metric, name, how in labels:
+                if how != "naive":
+                    continue
+                row = [category, category_version, metric, first.mode]
+                for model in models:
+                    mine = [r for r in inside if r.model == model]
+                    complete = len(mine) == len(subsets)
+                    row.append(_group_cell(mine, name, how) if complete else "-")
+                new_rows.append(row)
         last = max((i for i, row in enumerate(rows) if (row[0], row[1]) in member_rows), default=-1)
         rows[last + 1 : last + 1] = new_rows
 

@@ -30,6 +30,7 @@ answer_field: target
 subsets:
   names: [algebra, world_history, virology]
   abbr: toy_{subset}
+  groups: {science: [algebra, virology], humanities: [world_history]}
 fewshot:
   path: toy/dev/{subset}_dev.csv
   k: 2
@@ -153,9 +154,12 @@ def test_split_is_the_default(pytester):
     naive = sum(per.values()) / len(per)
     assert float(rows[("toy", "naive_average")]) == pytest.approx(naive, abs=0.006)
     assert rows[("toy", "errors")] == "0"
-    # group rows come right after the subsets' rows
+    science = (per["algebra"] + per["virology"]) / 2  # a category: naive over its subjects
+    assert float(rows[("toy-science", "naive_average")]) == pytest.approx(science, abs=0.006)
+    assert rows[("toy-humanities", "naive_average")] == rows[("toy_world_history", "accuracy")]
+    # group rows come right after the subsets' rows, then one row per category
     names = [r[0] for r in data["table"]["rows"]]
-    assert names[-5:] == ["toy"] * 5
+    assert names[-7:] == ["toy"] * 5 + ["toy-science", "toy-humanities"]
     run_dir = sorted(p for p in (pytester.path / "out").iterdir() if p.is_dir())[-1]
     files = sorted(p.name for p in (run_dir / "predictions" / "vllm_chat" / "toy_mc").iterdir())
     assert files == [f"{s}.jsonl" for s in sorted(SUBJECTS)]
@@ -253,3 +257,79 @@ def test_group_rows_weighted_naive_and_partial(monkeypatch):
     _, rows = build_rows(results)
     cells = {(r[0], r[2]): r[4] for r in rows}
     assert cells[("G", "weighted_average")] == "-" and cells[("G", "naive_average")] == "-"
+
+
+def test_category_rows_are_naive_averages_of_their_subsets(monkeypatch):
+    from pytest_servebench import datasets
+
+    monkeypatch.setitem(datasets.SUBSET_GROUPS, "grp", "G")
+    categories = (("G-x", ("a", "b")), ("G-y", ("c",)), ("G-z", ("a", "missing")))
+    monkeypatch.setitem(datasets.SUBSET_CATEGORIES, "grp", categories)
+    results = [
+        _result("G_a", "grp/a", [1, 1, 1, 0]),  # 75%
+        _result("G_b", "grp/b", [1, 0]),  # 50%
+        _result("G_c", "grp/c", [0, 0, 1, 1, 1]),  # 60%
+    ]
+    _, rows = build_rows(results)
+    cells = {(r[0], r[2]): r[4] for r in rows}
+    assert cells[("G-x", "naive_average")] == "62.50"  # (75 + 50) / 2, not weighted
+    assert cells[("G-y", "naive_average")] == "60.00"
+    assert not any(r[0] == "G-z" for r in rows)  # one of its subsets did not run: no row
+    names = [r[0] for r in rows]
+    assert names.index("G") < names.index("G-x") < names.index("G-y")
+    del results[1].cases["c1"]  # a partial subset: its categories show '-'
+    _, rows = build_rows(results)
+    cells = {(r[0], r[2]): r[4] for r in rows}
+    assert cells[("G-x", "naive_average")] == "-" and cells[("G-y", "naive_average")] == "60.00"
+
+
+def test_categories_come_from_a_subset_field_and_from_named_lists(tmp_path):
+    from pytest_servebench.config import DatasetConfig
+    from pytest_servebench.datasets import load_subsets
+
+    config = DatasetConfig(
+        name="ce",
+        source="t",
+        path="ce/{subset}.csv",
+        prompt="{question}",
+        subsets={
+            "names": {
+                "phys": {"category": "STEM"},
+                "law": {"category": "Social Science"},
+                "math": {"category": "STEM"},
+            },
+            "group_by": "category",
+            "groups": {"hard": ["phys", "math"]},
+        },
+    )
+    spec = load_subsets(config, tmp_path)
+    assert spec.groups == (
+        ("stem", ("phys", "math")),
+        ("social-science", ("law",)),
+        ("hard", ("phys", "math")),
+    )
+
+
+def test_built_in_categories_split_every_subject_once():
+    """The built-in MMLU and C-Eval configs: AISBench's summary groups cover each subject in
+    exactly one category (C-Eval's `hard` aside, a subset of STEM)."""
+    import yaml
+
+    from pytest_servebench.config import DatasetConfig, build
+    from pytest_servebench.datasets import load_subsets
+
+    root = Path(__file__).resolve().parent.parent / "pytest_servebench" / "suites" / "datasets"
+    seen = 0
+    for path in sorted(root.glob("*/*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not raw.get("subsets"):
+            continue
+        spec = load_subsets(build(DatasetConfig, path.stem, str(path), raw), path.parent)
+        groups = dict(spec.groups)
+        hard = groups.pop("hard", ())
+        members = [m for ms in groups.values() for m in ms]
+        assert sorted(members) == sorted(spec.names), path.name
+        assert set(hard) <= set(groups.get("stem", ())), path.name
+        assert list(groups)[:2] in (["humanities", "stem"], ["stem", "social-science"])
+        seen += 1
+    assert seen == 4
