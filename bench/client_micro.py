@@ -17,35 +17,24 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from run import Server  # bench/run.py: the mock server in its own process
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_server(folder: Path, records: int) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, records: int) -> Server:
     data = folder / "data.jsonl"
     with data.open("w") as out:
         for i in range(records):
             question = f"Problem {i}: Ann has {i} apples and buys 5 more. How many now?"
             out.write(json.dumps({"question": question, "answer": f"#### {i + 5}"}) + "\n")
-    port_file = folder / "port"
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "pytest_servebench.testing.mockserver"),
-            *(f"--dataset={data}", "--latency=0", f"--port-file={port_file}"),
-        ],
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    while not port_file.exists():
-        time.sleep(0.02)
-    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1/chat/completions"
+    return Server(folder, data, 0.0, {**os.environ, "PYTHONPATH": str(REPO)})
 
 
 async def measure(
@@ -98,7 +87,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(args.src).resolve() if args.src else REPO))
     records = 1000
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp), records)
+        server = start_server(Path(tmp), records)
+        url = server.url + "/chat/completions"
         try:
             for stream in (False, True):
                 for c in args.concurrency:
@@ -114,8 +104,7 @@ def main() -> int:
                             flush=True,
                         )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
+            server.stop()
     return 0
 
 

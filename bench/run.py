@@ -216,7 +216,10 @@ def tree_rss(root: int) -> int:
 
 
 class Server:
-    def __init__(self, folder: Path, dataset: Path, latency: float, env: dict[str, str]):
+    """The mock server in its own process (also used by the micro benchmarks). Without a
+    dataset it gives the mock's default answers."""
+
+    def __init__(self, folder: Path, dataset: Path | None, latency: float, env: dict[str, str]):
         self.port_file = folder / "port"
         self.stats_file = folder / "stats.json"
         for f in (self.port_file, self.stats_file):
@@ -227,11 +230,10 @@ class Server:
                 sys.executable,
                 "-m",
                 "pytest_servebench.testing.mockserver",
-                f"--dataset={dataset}",
+                *([f"--dataset={dataset}", "--p-correct=0.7"] if dataset else []),
                 f"--latency={latency}",
                 f"--port-file={self.port_file}",
                 f"--stats-file={self.stats_file}",
-                "--p-correct=0.7",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

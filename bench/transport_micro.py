@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,28 +19,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from run import Server  # bench/run.py: the mock server in its own process  # noqa: E402
+
 from pytest_servebench.client import send  # noqa: E402
 from pytest_servebench.transport import make_client  # noqa: E402
-
-
-def start_server(folder: Path, latency: float) -> tuple[subprocess.Popen, str]:
-    port_file = folder / "port"
-    port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest_servebench.testing.mockserver",
-            f"--latency={latency}",
-            f"--port-file={port_file}",
-            f"--stats-file={folder / 'stats.json'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    while not port_file.exists():
-        time.sleep(0.02)
-    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
 
 
 async def measure(
@@ -83,7 +62,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for latency in args.latency:
-            proc, url = start_server(Path(tmp), latency)
+            server = Server(Path(tmp), None, latency, {**os.environ, "PYTHONPATH": str(REPO)})
+            url = server.url
             try:
                 for c in args.concurrency:
                     for kind in args.kinds:
@@ -99,9 +79,7 @@ def main() -> int:
                             flush=True,
                         )
             finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
-            stats = json.loads((Path(tmp) / "stats.json").read_text())
+                stats = server.stop()
             print(
                 f"  server: max in flight {stats['max_in_flight']}, "
                 f"connections opened {stats['connections_opened']}"
