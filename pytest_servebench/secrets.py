@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 REDACTED = "***"
 _SECRET_HEADER = re.compile(r"(auth|key|token|secret|cookie|password|credential)", re.I)
@@ -12,6 +13,38 @@ _SECRET_HEADER = re.compile(r"(auth|key|token|secret|cookie|password|credential)
 
 def is_secret_header(name: str) -> bool:
     return bool(_SECRET_HEADER.search(name))
+
+
+_SECRET_QUERY = re.compile(r"(auth|key|token|secret|password|credential|sig|signature)", re.I)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL: userinfo (user and password) and secret-looking query values
+    (``?api_key=...``, ``?token=...``). Used to register them with the redactor."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    # The user name is not secret (and may be a common word); redact_url hides it in URLs.
+    found = [parts.password] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query) if v and _SECRET_QUERY.search(k)]
+    return found
+
+
+def redact_url(url: str) -> str:
+    """The URL with its userinfo and secret-looking query values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{k}={REDACTED}" if _SECRET_QUERY.search(k) else (f"{k}={v}" if v else k)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Redactor:
@@ -24,6 +57,20 @@ class Redactor:
     def add(self, value: str | None) -> None:
         # Very short values would redact ordinary text; real keys are long.
         if value and len(value) >= 6 and value not in self._secrets:
+            self._secrets.add(value)
+            self._pattern = re.compile(
+                "|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
+            )
+
+    def add_url(self, url: str | None) -> None:
+        """Register the secret parts of a URL (userinfo, key-like query values)."""
+        for value in url_secrets(url or ""):
+            # Passwords can be shorter than API keys; below 4 characters they would redact
+            # ordinary text.
+            self._add_any(value)
+
+    def _add_any(self, value: str) -> None:
+        if value and len(value) >= 4 and value not in self._secrets:
             self._secrets.add(value)
             self._pattern = re.compile(
                 "|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
