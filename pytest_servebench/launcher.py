@@ -227,6 +227,17 @@ class ManagedServer:
         return proc.returncode
 
 
+def describe_exit(code: int) -> str:
+    """'crashed (SIGSEGV)' for a death by signal (a negative code), else 'exited with code N'."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"crashed ({name})"
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -415,7 +426,7 @@ class Launcher:
                     raise self._failure(
                         model,
                         server,
-                        f"the server exited with code {code} before it was ready",
+                        f"the server {describe_exit(code)} before it was ready",
                         exited=True,
                     )
                 try:
@@ -462,6 +473,23 @@ class Launcher:
             f"log: {server.log_path}, last lines:\n"
             f"{_indent(redactor(lines)) if lines else '    (empty)'}\n"
             f"{advice}"
+        )
+
+    # -- a server that ended on its own ----------------------------------------------------
+    def crash_report(self, model: str, answered: int) -> str | None:
+        """What happened to the server of `model` if it ended by itself after it was ready
+        (a crash, or an exit), with its log's last lines; None while it runs (or if we never
+        started one). `answered`: how many of its requests had come back before."""
+        with self._lock:
+            server = self.servers.get(model)
+        code = server.exit_code() if server is not None else None
+        if server is None or code is None:
+            return None
+        when = "on the first request" if answered == 0 else f"after {answered} answered requests"
+        lines = tail(server.log_path, lines=12, start=server.log_offset).strip("\n")
+        return (
+            f"the server for {model} {describe_exit(code)} {when}; its log: {server.log_path}; "
+            f"the last lines:\n{_indent(redactor(lines)) if lines else '    (empty)'}"
         )
 
     # -- stopping --------------------------------------------------------------------------

@@ -197,6 +197,23 @@ class ServebenchPlugin:
         except ServebenchError as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    def _abort_reason(self) -> str | None:
+        """Why the run stopped early. A managed server that died is named as the cause: the
+        engine only sees that nothing answers any more."""
+        reason = self.run.engine.fatal or self.abort_message
+        if reason is None:
+            return None
+        for name in self.launched:
+            answered = sum(
+                r.counts()["passed"] + r.counts()["failed"]
+                for r in self.results.values()
+                if r.model_name == name
+            )
+            crash = self.launcher.crash_report(name, answered)
+            if crash:  # the engine's own reason ("not reachable") would mislead
+                return crash
+        return reason
+
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.launcher.stop_all()
         self.launcher.restore_signal_handlers()
@@ -435,7 +452,7 @@ class ServebenchPlugin:
                 "timestamp": self.stamp,
                 "interrupted": self.interrupted,
                 "mode": self.options.mode,
-                "aborted": self.run.engine.fatal,
+                "aborted": self._abort_reason(),
             },
         )
 
@@ -486,7 +503,7 @@ class ServebenchPlugin:
                     f"evaluated ({shown} over those only); the table shows '-'",
                     yellow=True,
                 )
-        aborted = self.run.engine.fatal or self.abort_message
+        aborted = self._abort_reason()
         if aborted:
             tr.write_line(f"aborted: {aborted}", red=True, bold=True)
         if self.interrupted or aborted or any(not r.complete for r in results):

@@ -218,3 +218,64 @@ def test_a_resumed_run_with_every_answer_saved_starts_no_server(pytester):
     )
     assert sum(more.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 6
     assert len(server_pids(log)) == 2
+
+
+CRASHING_SERVER = """\
+import http.server, json, os, signal, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # the readiness probe: /v1/models
+        body = json.dumps({"data": [{"id": "m"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # like llama.cpp's AMX kernels: die on the first request
+        print("ggml_backend_amx_mul_mat: about to fail", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("crashing server listening", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["one-process", "xdist"])
+def test_a_server_that_crashes_is_named_as_crashed_not_unreachable(pytester, xdist):
+    if xdist:
+        pytest.importorskip("xdist")
+    script = pytester.path / "crashing_server.py"
+    script.write_text(CRASHING_SERVER)
+    write_suite(
+        pytester.path,
+        "crashing_launched",
+        f"""\
+kind: model
+base_url: http://{{host}}:{{port}}/v1
+model: m
+retries: 1
+retry_backoff: 0.1
+launch:
+  command: ["{{python}}", {json.dumps(str(script))}, "{{port}}"]
+  startup_timeout: 30
+""",
+        kind="models",
+    )
+    extra = ["-n", "2"] if xdist else []
+    result = pytester.runpytest_subprocess(*args("crashing_launched", "--sb-limit", "5", *extra))
+    out = result.stdout.str()
+    aborted = next(line for line in out.splitlines() if line.startswith("aborted:"))
+    assert "the server for crashing_launched crashed (SIGSEGV) on the first request" in aborted
+    assert "its log: " in aborted and "crashing_launched-server.log" in aborted
+    assert "ggml_backend_amx_mul_mat: about to fail" in out  # the log's last lines
+    assert "not reachable" not in aborted and "Is it running" not in aborted
+    assert "resume: pytest" in out
+    assert result.ret not in (0, pytest.ExitCode.INTERNAL_ERROR)
+    summary = json.loads(next((pytester.path / "out").glob("*/summary/summary_*.json")).read_text())
+    assert "crashed (SIGSEGV) on the first request" in summary["aborted"]
+    (log,) = server_logs(pytester.path, "crashing_launched")
+    assert all(wait_gone(pid) for pid in server_pids(log))

