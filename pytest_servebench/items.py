@@ -91,7 +91,8 @@ class CaseItem(pytest.Item):
         # need. Outputs and the verdict held here would only grow memory with every case.
         self.records = _NO_RECORDS
         self.verdict = None
-        self.case.release()
+        if not self.collector.state.run.keep_taken:  # a re-run renders the case again
+            self.case.release()
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RequestError):

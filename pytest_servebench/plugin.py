@@ -131,10 +131,18 @@ class ServebenchPlugin:
         handler = logging.FileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(RedactingFilter())
+        # The per-request log stays out of pytest's capture, under any run protocol: pytest
+        # (9.2+) attaches its capture handler to the root logger and to every non-propagating
+        # logger it knows, so servebench's loggers pass their records to a parent that pytest
+        # does not know (not registered with logging's manager) and that stops there.
+        sink = logging.Logger("servebench-log")
+        sink.handlers[:] = [handler]
+        sink.propagate = False
         root = logging.getLogger("servebench")
-        root.handlers[:] = [handler]
+        root.handlers[:] = []
         root.setLevel(logging.INFO)
-        root.propagate = False  # keep the per-request log out of pytest's capture
+        root.propagate = True
+        root.parent = sink
         self._log_handler = handler
 
     def _check_rootdir(self) -> None:
@@ -356,7 +364,10 @@ class ServebenchPlugin:
                 raise pytest.UsageError(str(exc)) from None
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.run.set_items([i for i in session.items if isinstance(i, CaseItem)])
+        cases = [i for i in session.items if isinstance(i, CaseItem)]
+        self.run.set_items(cases)
+        # pytest-rerunfailures and the like run a case again: its served answer is kept
+        self.run.keep_taken = bool(cases) and bool(perf.protocol_takers(self.config, cases[0]))
 
     # -- running ---------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
