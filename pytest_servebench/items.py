@@ -116,6 +116,10 @@ class CaseItem(pytest.Item):
 
     def _wrong_answer_message(self) -> str:
         assert self.verdict is not None
+        from .output import compact, wrong_answer_line
+
+        if compact(self.config):  # one line; -v or --tb give the full section (output.py)
+            return wrong_answer_line(self.verdict)
         task = self.collector.task
         question = " ".join(task.dataset.question_text(self.case).split())
         outputs = [r.get("content") or "" for r in self.records if r.get("ok")]

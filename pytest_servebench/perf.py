@@ -91,6 +91,7 @@ KNOWN_PHASE_PLUGINS = frozenset(
         "randomly",
         "rerunfailures",
         "timeout",
+        "nose",  # pytest < 8.2: acts on python test functions only
     }
 )
 

@@ -39,6 +39,7 @@ class Options:
     resend: bool = False
     merge_subsets: bool = False
     engine: str = "process"  # or "thread": see make_engine
+    from_ini: bool = False  # models and datasets set in the ini file, not on the command line
 
 
 @dataclass
