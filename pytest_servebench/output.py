@@ -44,10 +44,13 @@ class WrongAnswers:
 
     def __init__(self) -> None:
         self.reports: list[Any] = []  # the terminal keeps these reports anyway
+        self.lines: dict[int, str] = {}  # id(report) -> its line (from the verdict: under xdist
+        # the report's text starts with the worker's name)
 
     def note(self, report: Any, payload: dict[str, Any]) -> None:
         if report.when == "call" and report.failed and payload.get("status") == "failed":
             self.reports.append(report)
+            self.lines[id(report)] = wrong_answer_line(payload)
 
     def hide(self, tr: Any) -> list[Any]:
         """Take the wrong answers out of the terminal's failures for its FAILURES section and
@@ -59,13 +62,11 @@ class WrongAnswers:
             tr.stats["failed"] = [r for r in failed if id(r) not in wrong]
         return hidden
 
-    @staticmethod
-    def show(tr: Any, hidden: list[Any]) -> None:
+    def show(self, tr: Any, hidden: list[Any]) -> None:
         """Put them back (pytest's final count includes them) and print one line each."""
         if not hidden:
             return
         tr.stats["failed"] = [*hidden, *tr.stats.get("failed", [])]
         tr.write_sep("=", f"wrong answers: {len(hidden)} (-v or --tb=long for details)")
         for report in hidden:
-            text = report.longreprtext.strip().splitlines()
-            tr.write_line(f"{report.nodeid}: {text[0] if text else ''}")
+            tr.write_line(f"{report.nodeid}: {self.lines.get(id(report), '')}")

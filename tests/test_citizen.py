@@ -68,3 +68,31 @@ def test_naming_test_paths_runs_only_those_with_an_ini_evaluation(ini_evaluation
     result.assert_outcomes(passed=1)
     assert not (ini_evaluation.path / "out").exists()
     assert "servebench summary" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_a_wrong_answer_is_one_line_and_the_table_comes_last(pytester, workers):
+    from pytest_servebench.testing.mockserver import MockServer
+
+    with MockServer(lambda request: "answer: 123456") as server:
+        result = pytester.runpytest_subprocess(
+            "--sb-models=vllm_chat",
+            "--sb-datasets=demo_gsm8k",
+            f"--sb-set=vllm_chat.base_url={server.base_url}",
+            "--sb-work-dir=out",
+            "--sb-limit=4",
+            *workers,
+        )
+    result.assert_outcomes(failed=4)
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "= wrong answers: 4 " in line)
+    wrong = lines[start + 1 : start + 5]
+    assert all(
+        line.startswith("servebench/vllm_chat/demo_gsm8k::q000")
+        and ": extracted '123456', reference '" in line
+        for line in wrong
+    ), wrong
+    assert "servebench summary" in lines[start + 5]
+    after_table = "\n".join(lines[start + 5 :])
+    assert "FAILED" not in after_table and "short test summary" not in after_table
+    assert "= FAILURES =" not in result.stdout.str()
