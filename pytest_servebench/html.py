@@ -337,13 +337,15 @@ def partial_notes(results: Sequence[TaskResult]) -> list[str]:
 
 # -- one case ------------------------------------------------------------------------------
 
+# pytest-html sorts a "sortable" column by its cells' text, compared as strings: scores have
+# a fixed width and latencies are padded (HTML collapses the spaces on screen).
 HEADER_CELLS = (
-    '<th data-column-type="sbextracted">Extracted</th>',
-    '<th data-column-type="sbreference">Reference</th>',
+    '<th class="sortable" data-column-type="sbextracted">Extracted</th>',
+    '<th class="sortable" data-column-type="sbreference">Reference</th>',
     '<th class="sortable" data-column-type="sbscore">Score</th>',
-    '<th data-column-type="sblatency">Latency</th>',
+    '<th class="sortable" data-column-type="sblatency">Latency</th>',
     '<th data-column-type="sbtokens">Tokens (in / out)</th>',
-    '<th data-column-type="sbfinish">Finish</th>',
+    '<th class="sortable" data-column-type="sbfinish">Finish</th>',
 )
 
 
@@ -387,7 +389,7 @@ def case_cells(payload: dict[str, Any] | None) -> list[str]:
         f'<td class="col-sbreference" title="{esc(payload.get("reference"))}">'
         f"{esc(_short(payload.get('reference')))}</td>",
         f'<td class="col-sbscore">{"" if score is None else f"{score:.2f}"}</td>',
-        f'<td class="col-sblatency">{"" if latency is None else f"{latency:.2f} s"}</td>',
+        f'<td class="col-sblatency">{"" if latency is None else f"{latency:9.2f} s"}</td>',
         f'<td class="col-sbtokens">{esc(tokens)}</td>',
         f'<td class="{finish_cls}">{esc(finish)}</td>',
     ]

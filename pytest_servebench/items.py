@@ -91,7 +91,8 @@ class CaseItem(pytest.Item):
         # need. Outputs and the verdict held here would only grow memory with every case.
         self.records = _NO_RECORDS
         self.verdict = None
-        self.case.release()
+        if not self.collector.state.run.keep_taken:  # a re-run renders the case again
+            self.case.release()
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RequestError):
@@ -115,6 +116,10 @@ class CaseItem(pytest.Item):
 
     def _wrong_answer_message(self) -> str:
         assert self.verdict is not None
+        from .output import compact, wrong_answer_line
+
+        if compact(self.config):  # one line; -v or --tb give the full section (output.py)
+            return wrong_answer_line(self.verdict)
         task = self.collector.task
         question = " ".join(task.dataset.question_text(self.case).split())
         outputs = [r.get("content") or "" for r in self.records if r.get("ok")]

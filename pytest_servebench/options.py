@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .errors import ServebenchError
-from .run import Options
+
+if TYPE_CHECKING:  # run.py loads the engine, datasets and numpy: only when evaluating
+    from .run import Options
 
 MODES = ("all", "infer", "eval")
 CACHE_KEY = "servebench/last_run"
@@ -165,12 +167,26 @@ def _ini(config: pytest.Config, name: str) -> Any:
     return value or None
 
 
-def resolve(config: pytest.Config) -> Options | None:
-    """Options from the command line, else the ini file, else the last run (for --lf/--ff).
-    None when servebench has nothing to do in this session."""
+def _explicit_args(config: pytest.Config) -> bool:
+    """Whether test paths were named on the command line (not testpaths, not the folder)."""
+    return config.args_source == pytest.Config.ArgsSource.ARGS
+
+
+def _requested(config: pytest.Config) -> tuple[Any, Any, dict[str, Any], bool] | None:
+    """(models, datasets, the remembered run, whether from the ini file), or None when this
+    session evaluates nothing.
+
+    The command line decides: `--sb-models`/`--sb-datasets` evaluate (alone, or with the test
+    paths named beside them). Settings in the ini file add the evaluation to a plain `pytest`
+    run, next to the project's own tests; naming test paths (`pytest tests/test_x.py`, as IDEs
+    do) runs those only."""
     get = config.getoption
-    models = get("sb_models") or _ini(config, "sb_models")
-    datasets = get("sb_datasets") or _ini(config, "sb_datasets")
+    models, datasets = get("sb_models"), get("sb_datasets")
+    from_ini = not models and not datasets
+    if from_ini:
+        models, datasets = _ini(config, "sb_models"), _ini(config, "sb_datasets")
+        if (models or datasets) and _explicit_args(config):
+            return None
     retest = bool(get("lf") or get("failedfirst")) if _has(config, "lf") else False
     remembered: dict[str, Any] = {}
     if retest and getattr(config, "cache", None) is not None:
@@ -179,6 +195,25 @@ def resolve(config: pytest.Config) -> Options | None:
         if not remembered:
             return None
         models, datasets = remembered.get("models"), remembered.get("datasets")
+        from_ini = False
+    return models, datasets, remembered, from_ini
+
+
+def wanted(config: pytest.Config) -> bool:
+    """Whether this session has an evaluation (cheap: no config is read)."""
+    return _requested(config) is not None
+
+
+def resolve(config: pytest.Config) -> Options | None:
+    """Options from the command line, else the ini file, else the last run (for --lf/--ff).
+    None when servebench has nothing to do in this session."""
+    from .run import Options
+
+    get = config.getoption
+    requested = _requested(config)
+    if requested is None:
+        return None
+    models, datasets, remembered, from_ini = requested
     if not models or not datasets:
         missing = "--sb-datasets" if models else "--sb-models"
         raise ServebenchError(
@@ -213,7 +248,7 @@ def resolve(config: pytest.Config) -> Options | None:
         or "datasets"
     )
     reuse = get("sb_reuse")
-    if reuse is None and retest and remembered.get("work_dir"):
+    if reuse is None and remembered.get("work_dir"):  # remembered: --lf/--ff only
         reuse = remembered["work_dir"]
     if reuse is None and mode == "eval":
         reuse = "latest"
@@ -230,6 +265,7 @@ def resolve(config: pytest.Config) -> Options | None:
         resend=bool(get("sb_resend")),
         merge_subsets=bool(get("sb_merge_ds") or remembered.get("merge_subsets")),
         engine=get("sb_engine") or ("thread" if sys.platform == "win32" else "process"),
+        from_ini=from_ini,
     )
 
 

@@ -11,8 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _pytest.outcomes import Exit
-from _pytest.runner import CallInfo, check_interactive_exception
+
+# The lean run protocol reads pytest privates: only on the pytest versions it was checked
+# against (CI runs the oldest and the newest); any other runs pytest's own protocol.
+SUPPORTED_PYTEST = ((8, 0), (9, 3))  # [lowest, first unsupported)
+try:
+    from _pytest.outcomes import Exit
+    from _pytest.runner import CallInfo, check_interactive_exception
+except ImportError:  # pragma: no cover - a pytest that moved them: the fence below says so
+    Exit = CallInfo = check_interactive_exception = None  # type: ignore[assignment,misc]
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup as _ExceptionGroup
@@ -34,16 +41,18 @@ def index_teardown_reports(terminalreporter: Any) -> bool:
         return False
     state: dict[str, Any] = {"key": None, "index": {}}
 
-    def _get_teardown_reports(nodeid: str) -> list[Any]:
+    def _get_teardown_reports(nodeid: Any) -> list[Any]:
+        # pytest 9.2+ passes a structured NodeId (compared with report.id), older ones the
+        # string: both key the index by the string form.
         source = tr.stats.get("", ())
         key = (id(source), len(source))
         if state["key"] != key:
             index: dict[str, list[Any]] = {}
             for report in tr.getreports(""):
                 if report.when == "teardown":
-                    index.setdefault(report.nodeid, []).append(report)
+                    index.setdefault(str(report.nodeid), []).append(report)
             state["key"], state["index"] = key, index
-        return list(state["index"].get(nodeid, ()))
+        return list(state["index"].get(str(nodeid), ()))
 
     tr._get_teardown_reports = _get_teardown_reports
     return True
@@ -73,12 +82,31 @@ KNOWN_PHASE_PLUGINS = frozenset(
         "benchmark",
         "asyncio",
         "pytest_asyncio.plugin",
+        # Real plugins checked with tests/test_plugins.py: pytest-randomly reseeds the random
+        # generators before each phase (a case draws no random number); pytest-rerunfailures'
+        # teardown hook serves its own re-runs (which take pytest's protocol, see below);
+        # pytest-timeout's call wrapper times the call phase only with func_only (a case's
+        # call compares a verdict; the wait for the model is in setup, under its
+        # protocol-wide timer, which still wraps the lean protocol).
+        "randomly",
+        "rerunfailures",
+        "timeout",
+        "nose",  # pytest < 8.2: acts on python test functions only
     }
 )
 
 
+# pytest_runtest_protocol wrappers that still wrap the lean protocol as they wrap pytest's.
+KNOWN_PROTOCOL_WRAPPERS = frozenset(
+    {"faulthandler", "unittest", "timeout", "assertion", "warnings", "logging-plugin"}
+)
+OWN_PROTOCOLS = frozenset({"runner", "servebench-protocol"})
+
+
 def unknown_phase_plugins(config: pytest.Config) -> list[str]:
-    """Names of the plugins that hook a run phase and are not known to be safe to skip."""
+    """Names of the plugins that hook a run phase, or implement or wrap the run protocol, and
+    are not known to be safe to skip. A plugin that runs the protocol itself (re-runs,
+    repeats) gets pytest's own protocol: the lean one would take the case before it."""
     pm = config.pluginmanager
     names = set()
     for hook in PHASE_HOOKS:
@@ -86,7 +114,62 @@ def unknown_phase_plugins(config: pytest.Config) -> list[str]:
             name = pm.get_name(impl.plugin) or repr(impl.plugin)
             if name not in KNOWN_PHASE_PLUGINS:
                 names.add(name)
+    for impl in pm.hook.pytest_runtest_protocol.get_hookimpls():
+        name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        wraps = impl.hookwrapper or getattr(impl, "wrapper", False)
+        if name in OWN_PROTOCOLS or (wraps and name in KNOWN_PROTOCOL_WRAPPERS):
+            continue
+        names.add(name)
     return sorted(names)
+
+
+def protocol_takers(config: pytest.Config, case: pytest.Item) -> list[str]:
+    """Plugins that may run `case` themselves (pytest-rerunfailures with re-runs on, repeat,
+    flakefinder, ...): non-wrapper implementers of pytest_runtest_protocol besides pytest's."""
+    pm = config.pluginmanager
+    names = []
+    for impl in pm.hook.pytest_runtest_protocol.get_hookimpls():
+        name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        if impl.hookwrapper or getattr(impl, "wrapper", False) or name in OWN_PROTOCOLS:
+            continue
+        if name == "rerunfailures" and _rerunfailures_idle(config, case):
+            continue
+        names.append(name)
+    return names
+
+
+def _rerunfailures_idle(config: pytest.Config, item: pytest.Item) -> bool:
+    """Whether pytest-rerunfailures leaves an unmarked case to the next protocol (no global
+    --reruns / --force-reruns / ini reruns): asked through its own function."""
+    plugin = config.pluginmanager.get_plugin("rerunfailures")
+    count = getattr(plugin, "get_reruns_count", None)
+    if not callable(count):
+        return False
+    try:
+        return count(item) is None
+    except Exception:
+        return False
+
+
+def private_api_missing(session: pytest.Session | None = None) -> str | None:
+    """What the lean protocol needs from pytest and this pytest lacks; None when all is there."""
+    version = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
+    low, high = SUPPORTED_PYTEST
+    if not low <= version < high:
+        return (
+            f"pytest {pytest.__version__} is outside the range servebench's lean run protocol "
+            f"supports ({'.'.join(map(str, low))} to below {'.'.join(map(str, high))})"
+        )
+    if CallInfo is None or check_interactive_exception is None or Exit is None:
+        return "pytest's _pytest.runner no longer has CallInfo/check_interactive_exception"
+    if session is not None:
+        state = getattr(session, "_setupstate", None)
+        if not (
+            callable(getattr(state, "setup", None))
+            and callable(getattr(state, "teardown_exact", None))
+        ):
+            return "pytest's Session._setupstate (setup, teardown_exact) is missing"
+    return None
 
 
 class CaseProtocol:
@@ -119,7 +202,12 @@ class CaseProtocol:
 
     def applies(self, item: pytest.Item) -> bool:
         if self.blocked_by is None:
-            self.blocked_by = unknown_phase_plugins(self.config)
+            if not self.is_case(item):
+                return False
+            blocked = unknown_phase_plugins(self.config)
+            if "rerunfailures" in blocked and _rerunfailures_idle(self.config, item):
+                blocked.remove("rerunfailures")
+            self.blocked_by = blocked
             self.enabled = self.enabled and not self.blocked_by
         return (
             self.enabled
@@ -203,16 +291,16 @@ class CaseProtocol:
             outcome, longrepr = "failed", item._repr_failure_py(excinfo, style=style)
         node_id = getattr(item, "_id", None)  # a slot on pytest 9.2+ nodes
         return pytest.TestReport(
-            item.nodeid if node_id is None or isinstance(node_id, str) else node_id,
-            item.location,
-            keywords,
-            outcome,
-            longrepr,
-            call.when,
-            [],
-            call.duration,
-            call.start,
-            call.stop,
+            nodeid=item.nodeid if node_id is None or isinstance(node_id, str) else node_id,
+            location=item.location,
+            keywords=keywords,
+            outcome=outcome,
+            longrepr=longrepr,
+            when=call.when,
+            sections=[],
+            duration=call.duration,
+            start=call.start,
+            stop=call.stop,
             user_properties=item.user_properties,
         )
 
@@ -280,17 +368,29 @@ class PerfPlugin:
         self.session: pytest.Session | None = None
         self._gc_threshold: tuple[int, ...] | None = None  # Python's, while raised
         self._keywords: dict[str, dict[str, int]] = {}  # task node id -> shared report keywords
+        self._logged: list[pytest.TestReport] = []  # reports of the case being run
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         config = session.config
         tr = config.pluginmanager.get_plugin("terminalreporter")
+        self.session = session
+        self.reporter = tr
+        missing = private_api_missing(session)
+        if missing is not None:
+            # One warning, then pytest's own protocol and reports, untouched.
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    f"servebench: {missing}; cases run with pytest's own run protocol "
+                    "(correct, slower on large datasets)"
+                ),
+                stacklevel=2,
+            )
+            return
         if tr is not None:
             index_teardown_reports(tr)
         self.protocol = CaseProtocol(config, self.is_case)
         config.pluginmanager.register(self.protocol, "servebench-protocol")
-        self.session = session
-        self.reporter = tr
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -311,19 +411,38 @@ class PerfPlugin:
             gc.set_threshold(*self._gc_threshold)
             self._gc_threshold = None
 
-    @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Every plugin has seen the report: keep only what the terminal's summary reads.
+        if report.nodeid.startswith(self.prefix):
+            self._logged.append(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        """Every plugin has seen every report of the case (pytest-html builds its rows when the
+        teardown report is logged, from all of them): keep only what the terminal's summary
+        reads.
 
         The terminal keeps every report to the end of the session, so whatever a report holds
         grows with the dataset. The servebench payload (the verdict, read by the controller and
-        the html report in their own logreport hooks) goes. The report of a passed setup or
-        teardown without captured output is only ever counted in the uncounted "" category
-        (and searched for teardown sections it does not have): it is not kept. The JUnit
-        properties of a case, copied into each of its reports, go too."""
+        the html report) goes. The report of a passed setup or teardown without captured output
+        is only ever counted in the uncounted "" category (and searched for teardown sections
+        it does not have): it is not kept. The JUnit properties of a case, copied into each of
+        its reports, go too. Nothing changes before the case is finished, so a plugin sees the
+        same reports at every phase as with pytest's own protocol."""
+        logged, self._logged = self._logged, []
+        tr = self.reporter
+        kept = tr.stats.get("") if tr is not None else None
+        for report in logged:
+            self._trim(report)
+            if report.when == "call" or not report.passed or report.sections or not kept:
+                continue
+            # the report is among the last few of the "" category (setup and teardown)
+            for i in range(len(kept) - 1, max(len(kept) - 8, -1), -1):
+                if kept[i] is report:
+                    del kept[i]
+                    break
+
+    def _trim(self, report: pytest.TestReport) -> None:
         report.__dict__.pop("servebench", None)
-        if not report.nodeid.startswith(self.prefix):
-            return
         if not report.__dict__.get("extras", True):
             del report.extras  # pytest-html gives every report an empty list; it has read it
         # Read by junitxml in its logreport hook; from now on one shared empty tuple.
@@ -337,12 +456,6 @@ class PerfPlugin:
         if shared is None:
             shared = self._keywords[task] = {k: v for k, v in report.keywords.items() if k != name}
         report.keywords = shared
-        tr = self.reporter
-        if tr is None or report.when == "call" or not report.passed or report.sections:
-            return
-        kept = tr.stats.get("")
-        if kept and kept[-1] is report:
-            kept.pop()
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config: pytest.Config) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import options as opts
-from . import perf, progress
+from . import output, perf, progress
 from .aggregate import TaskResult
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
@@ -29,10 +29,6 @@ from .summary import build_rows, comparison_lines, comparisons, render_text, wri
 log = logging.getLogger("servebench")
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    opts.addoption(parser)
-
-
 def suite_folders(config: pytest.Config, extra: list[str]) -> list[tuple[Path, str]]:
     folders = [(Path(d).expanduser().resolve(), "--sb-suites") for d in extra]
     for path, _ in folders:
@@ -47,11 +43,9 @@ def suite_folders(config: pytest.Config, extra: list[str]) -> list[tuple[Path, s
     return folders
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> int | None:
+def search(config: pytest.Config) -> int:
+    """`pytest --sb-search [PATTERN]` (called by entry.py): list the configs and exit."""
     pattern = config.getoption("sb_search")
-    if pattern is None:
-        return None
     try:
         index = SuiteIndex(suite_folders(config, config.getoption("sb_suites") or []))
     except ServebenchError as exc:
@@ -61,7 +55,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "servebench: a case of a servebench evaluation task")
+    """Registered by entry.py only when the session has an evaluation (options.wanted)."""
     try:
         options = opts.resolve(config)
         if options is None:
@@ -98,9 +92,15 @@ class ServebenchPlugin:
         if is_worker(config):
             work = WorkDir(Path(config.workerinput["sb_work_dir"]))  # type: ignore[attr-defined]
             self.stamp = config.workerinput["sb_stamp"]  # type: ignore[attr-defined]
+        elif options.reuse:
+            work = WorkDir.reuse(base, options.reuse)
+            self.stamp = new_timestamp()
+        elif config.option.collectonly:  # IDEs collect on every discovery: write nothing
+            work = WorkDir(base / new_timestamp())
+            self.stamp = work.timestamp
         else:
-            work = WorkDir.reuse(base, options.reuse) if options.reuse else WorkDir.create(base)
-            self.stamp = new_timestamp() if options.reuse else work.timestamp
+            work = WorkDir.create(base)
+            self.stamp = work.timestamp
         datasets_dir = Path(options.datasets_dir).expanduser()
         if not datasets_dir.is_absolute():
             datasets_dir = config.invocation_params.dir / datasets_dir
@@ -116,25 +116,39 @@ class ServebenchPlugin:
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False
         self.abort_message: str | None = None  # from this process or a worker's report
+        self.wrong = output.WrongAnswers()
         self._setup_logging()
         self._setup_progress()
         if not is_worker(config):
             self._check_rootdir()
-            self._snapshot()
-            self._remember(base)
+            if not config.option.collectonly:
+                self._snapshot()
+                self._remember(base)
         self._warm_up_engine()
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _setup_logging(self) -> None:
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         name = f"servebench-{worker}.log" if worker else "servebench.log"
-        handler = logging.FileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
+        handler: logging.Handler = (
+            logging.NullHandler()
+            if self.config.option.collectonly
+            else logging.FileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
+        )
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(RedactingFilter())
+        # The per-request log stays out of pytest's capture, under any run protocol: pytest
+        # (9.2+) attaches its capture handler to the root logger and to every non-propagating
+        # logger it knows, so servebench's loggers pass their records to a parent that pytest
+        # does not know (not registered with logging's manager) and that stops there.
+        sink = logging.Logger("servebench-log")
+        sink.handlers[:] = [handler]
+        sink.propagate = False
         root = logging.getLogger("servebench")
-        root.handlers[:] = [handler]
+        root.handlers[:] = []
         root.setLevel(logging.INFO)
-        root.propagate = False  # keep the per-request log out of pytest's capture
+        root.propagate = True
+        root.parent = sink
         self._log_handler = handler
 
     def _check_rootdir(self) -> None:
@@ -227,7 +241,8 @@ class ServebenchPlugin:
             return
         interval = self.config.getoption("sb_progress")
         if interval is None:
-            interval = 2.0 if tr.isatty() else 10.0
+            isatty = tr.isatty  # a method since pytest 8.x, an attribute before
+            interval = 2.0 if (isatty() if callable(isatty) else isatty) else 10.0
 
         def write(line: str) -> None:
             writer = getattr(tr, "_tw", None)
@@ -344,8 +359,10 @@ class ServebenchPlugin:
                 )
             explicit = self.config.args_source == pytest.Config.ArgsSource.ARGS
             # `pytest --sb-models M --sb-datasets D` runs the evaluation only; name test paths
-            # explicitly to run them too.
-            report.result = [*report.result, *tasks] if explicit else tasks
+            # explicitly to run them too. An evaluation set in the ini file runs beside the
+            # project's own tests (options._requested).
+            both = explicit or self.options.from_ini
+            report.result = [*report.result, *tasks] if both else tasks
         return report
 
     def pytest_collectstart(self, collector: pytest.Collector) -> None:
@@ -356,7 +373,10 @@ class ServebenchPlugin:
                 raise pytest.UsageError(str(exc)) from None
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.run.set_items([i for i in session.items if isinstance(i, CaseItem)])
+        cases = [i for i in session.items if isinstance(i, CaseItem)]
+        self.run.set_items(cases)
+        # pytest-rerunfailures and the like run a case again: its served answer is kept
+        self.run.keep_taken = bool(cases) and bool(perf.protocol_takers(self.config, cases[0]))
 
     # -- running ---------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -396,6 +416,7 @@ class ServebenchPlugin:
         payload = getattr(report, "servebench", None)
         if payload:
             self._result_for(payload["task"]).add(payload["case"], payload)
+            self.wrong.note(report, payload)
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True
@@ -428,7 +449,8 @@ class ServebenchPlugin:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
         try:
-            self._finish()
+            if not self.config.option.collectonly:
+                self._finish()
         except ServebenchError as exc:
             self.finish_error = str(exc)
         apply_gates(self, session)  # with gates, they decide the exit status
@@ -483,10 +505,21 @@ class ServebenchPlugin:
                     judge_case(task.dataset.evaluator, case.reference, records, self.options.mode),
                 )
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> Generator[None, None, None]:
+        """Around pytest's own summary (FAILURES, short summary): wrong answers one line each
+        (output.py), and the servebench table printed last."""
+        tr = terminalreporter
+        hidden = self.wrong.hide(tr) if output.compact(self.config) else []
+        try:
+            return (yield)
+        finally:
+            self.wrong.show(tr, hidden)
+            self._write_summary(tr)
+
+    def _write_summary(self, tr: Any) -> None:
         if is_worker(self.config) or not self.results:
             return
-        tr = terminalreporter
         results = [self.results[t.key] for t in self.run.tasks if t.key in self.results]
         header, rows = build_rows(results)
         tr.write_sep("=", "servebench summary")

@@ -39,6 +39,7 @@ class Options:
     resend: bool = False
     merge_subsets: bool = False
     engine: str = "process"  # or "thread": see make_engine
+    from_ini: bool = False  # models and datasets set in the ini file, not on the command line
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TaskState:
         self.handle: TaskRun | RemoteRun | None = None
         self.ready: dict[str, list[dict[str, Any]]] = {}
         self.started = False
+        # The records handed over, kept only while a plugin may run a case again (Run.keep_taken)
+        self.taken: dict[str, list[dict[str, Any]]] = {}
 
     @cached_property
     def saved(self) -> dict[tuple[str, int], dict[str, Any]]:
@@ -169,17 +172,47 @@ class TaskState:
     def records_for(self, item: CaseItem) -> list[dict[str, Any]]:
         if not self.started:
             self.start(self.run.items_of(self.task))
-        case_id = item.case.id
-        if case_id in self.ready:
-            return self.ready.pop(case_id)
-        if self.run.engine.fatal:
-            raise RunAborted(self.run.engine.fatal)
-        assert self.handle is not None, f"{case_id} was neither reused nor submitted"
+        case = item.case
+        again = self.taken.get(case.id)
+        if again is not None and all(r.get("ok") for r in again):
+            return again  # run again (pytest-rerunfailures): the served answer stands
+        records = self.ready.pop(case.id, None)
+        if records is None:
+            if self.run.engine.fatal:
+                raise RunAborted(self.run.engine.fatal)
+            try:
+                if self.handle is None:
+                    raise KeyError(case.id)
+                records = self._wait(self.handle, case.id)
+            except KeyError:
+                # A case run a second time (a plugin re-running failures): its answer was
+                # handed over already, or its request failed: ask the model once more.
+                records = self._send_again(case)
+        if self.run.keep_taken:
+            self.taken[case.id] = records
+        return records
+
+    def _wait(self, handle: TaskRun | RemoteRun, case_id: str) -> list[dict[str, Any]]:
         while True:
-            records = self.handle.wait(case_id, 0.5)
+            records = handle.wait(case_id, 0.5)
             if records is not None:
                 return records
             self.run.on_wait()  # the progress view stays live while a case is slow
+
+    def _send_again(self, case: Case) -> list[dict[str, Any]]:
+        if self.run.options.mode == "eval":
+            return self._saved_records(case, None)
+        engine = self.run.engine
+        model_name = engine.model_name(self.task.model)
+        handle = engine.start(
+            self.task.key,
+            self.task.model,
+            PredictionWriter(self.run.work.predictions_file(*self.file_key)),
+            self.task.samples,
+            [case.id],
+            lambda cid: self.jobs_for(case, model_name),
+        )
+        return self._wait(handle, case.id)
 
     def judge(self, case: Case, records: list[dict[str, Any]]) -> dict[str, Any]:
         return judge_case(
@@ -224,6 +257,7 @@ class Run:
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
         self.engine = make_engine(options.engine, self._headers, work.root / "logs")
         self._items: list[CaseItem] = []
+        self.keep_taken = False  # a plugin may run a case again: keep what each was given
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:
             redactor.add(model.api_key())

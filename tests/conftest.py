@@ -16,6 +16,14 @@ DEMO_DATA = REPO / "pytest_servebench" / "data" / "gsm8k_demo" / "test.jsonl"
 
 
 @pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest-randomly (in the test extra, for tests/test_plugins.py) would shuffle the cases
+    of the runs the tests make; the tests that want it remove PYTEST_ADDOPTS."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    return pytester
+
+
+@pytest.fixture
 def demo_records() -> list[dict]:
     return load_jsonl(DEMO_DATA)
 

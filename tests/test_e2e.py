@@ -91,12 +91,24 @@ def test_failure_message_shows_question_answer_reference(pytester, demo_records)
         return "Let me think. 2 + 2 = 4.\nanswer: 123456"
 
     with MockServer(wrong) as server:
-        result = run(pytester, *sb_args(server.base_url), "--sb-limit", "2")
+        compact = run(pytester, *sb_args(server.base_url), "--sb-limit", "2")
+        result = run(pytester, *sb_args(server.base_url), "--sb-limit", "2", "-v")
+    # by default one line per wrong answer, before the table; -v gives the full section
+    compact.assert_outcomes(failed=2)
+    reference = demo_records[0]["answer"].split("#### ")[-1]
+    compact.stdout.fnmatch_lines(
+        [
+            "*= wrong answers: 2 *",
+            f"servebench/vllm_chat/demo_gsm8k::q0000_*: extracted '123456', reference '{reference}'",
+            "servebench/vllm_chat/demo_gsm8k::q0001_*: extracted '123456', reference *",
+            "*= servebench summary =*",
+        ]
+    )
+    assert demo_records[0]["question"][:60] not in compact.stdout.str()
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     assert demo_records[0]["question"][:60] in out
     assert "extracted: '123456'" in out
-    reference = demo_records[0]["answer"].split("#### ")[-1]
     assert f"reference: '{reference}'" in out
     assert "answer: 123456" in out  # the end of the raw output
 

@@ -173,7 +173,7 @@ def test_case_cells_match_header_and_escape():
     joined = "".join(cells)
     assert "<script" not in joined and "<img" not in joined and "<b>" not in joined
     assert '<td class="col-sbscore">0.00</td>' in cells
-    assert '<td class="col-sblatency">0.12 s</td>' in cells
+    assert '<td class="col-sblatency">     0.12 s</td>' in cells
     assert '<td class="col-sbtokens">12 / 34</td>' in cells
     assert '<td class="col-sbfinish sb-length">length</td>' in cells
 
@@ -280,6 +280,47 @@ def test_html_report_summary_rows_and_details(pytester, evil_server, demo_record
     text = copy.read_text(encoding="utf-8")
     assert '<link href="assets/style.css"' not in text and '<style type="text/css">' in text
     result.stdout.fnmatch_lines([f"html report: {copy}"])
+
+
+def _cell_texts(row: dict) -> dict[str, str]:
+    cells = {}
+    for cell in row["resultsTableRow"]:
+        match = re.match(r'<td class="col-(sb\w+)[^"]*"[^>]*>(.*)</td>$', cell, re.S)
+        if match:
+            cells[match.group(1)] = htmllib.unescape(match.group(2))
+    return cells
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "pytest-protocol"])
+def test_html_rows_match_the_results_json_cell_by_cell(pytester, gsm8k_server, lean):
+    """Every case row shows its extracted answer, reference, score, latency, tokens and finish
+    reason, equal to the results file; the same with the lean protocol and with pytest's."""
+    args = [] if lean else ["-p", "no:servebench-protocol"]
+    run_html(pytester, gsm8k_server.base_url, "--sb-limit", "12", *args)
+    data = report_data(pytester.path / "report.html")
+    results = next((pytester.path / "out").glob("*/results/vllm_chat/demo_gsm8k.json"))
+    cases = {c["case"]: c for c in json.loads(results.read_text())["cases"]}
+    assert len(cases) == 12
+    rows = {}
+    for test_rows in data["tests"].values():
+        for row in test_rows:
+            test_id = re.search(r'col-testId">([^<]*)<', "".join(row["resultsTableRow"])).group(1)
+            if "::" in test_id and not test_id.endswith(("::setup", "::teardown")):
+                rows[test_id.rpartition("::")[2]] = row
+    assert sorted(rows) == sorted(cases)
+    for case_id, case in cases.items():
+        cells = _cell_texts(rows[case_id])
+        score = sum(case["scores"]) / len(case["scores"])
+        assert cells["sbextracted"] == ("" if case["extracted"] is None else str(case["extracted"]))
+        assert cells["sbreference"] == str(case["reference"])
+        assert float(cells["sbscore"]) == pytest.approx(score, abs=0.005)
+        assert float(cells["sblatency"].removesuffix(" s")) == pytest.approx(
+            case["latency"], abs=0.005
+        )
+        assert cells["sbtokens"] == f"{case['prompt_tokens']} / {case['completion_tokens']}"
+        assert cells["sbfinish"] == case["finish_reason"]
+        # a sortable column's value is in the row's data, as pytest-html sorts on it
+        assert rows[case_id]["sbscore"] == cells["sbscore"]
 
 
 def test_html_report_with_xdist(pytester, evil_server):

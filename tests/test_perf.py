@@ -152,7 +152,9 @@ def test_failure_summary_of_a_run_is_complete_with_the_index(pytester):
 
     _tiny_eval(pytester)
     with MockServer(lambda r: "answer: 3") as srv:
-        result = pytester.runpytest_inprocess(*_eval_args(srv.base_url), "-p", "no:cacheprovider")
+        result = pytester.runpytest_inprocess(
+            *_eval_args(srv.base_url), "-p", "no:cacheprovider", "--tb=long"
+        )
     result.assert_outcomes(passed=1, failed=5)
     # The failure sections (the short summary repeats the messages in full on CI).
     out, _, short = result.stdout.str().partition("short test summary info")
@@ -191,7 +193,7 @@ def _eval_args(url: str, dataset: str = "tiny") -> list[str]:
 
 
 def _run_tiny(pytester, url: str, *extra: str):
-    return pytester.runpytest_subprocess(*_eval_args(url), "-rA", *extra)
+    return pytester.runpytest_subprocess(*_eval_args(url), "-rA", "--tb=long", *extra)
 
 
 # A conftest that hooks a run phase: every case then takes pytest's own protocol.
