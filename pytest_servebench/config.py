@@ -275,6 +275,9 @@ class DatasetConfig:
     choices_field: str | None = None
     # Restore LaTeX commands whose backslash was read as a JSON escape (\f, \t, \b ...).
     repair_latex: bool = False
+    # Only the first N records (AISBench's reader_cfg test_range '[0:N]', as in its demo_*
+    # configs); --sb-limit can only lower it.
+    limit: int | None = None
 
     _types: ClassVar[dict[str, Any]] = {
         "abbr": str,
@@ -296,6 +299,7 @@ class DatasetConfig:
         "subsets": (dict, NoneType),
         "choices_field": (str, NoneType),
         "repair_latex": bool,
+        "limit": (int, NoneType),
     }
 
     def validate(self, raw: Any) -> None:
@@ -326,6 +330,8 @@ class DatasetConfig:
                         self.source,
                         line_of(raw, "prompt"),
                     )
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit must be at least 1", self.source, line_of(raw, "limit"))
         if self.subsets is not None:
             from .datasets import check_subsets
 

@@ -414,7 +414,10 @@ class Dataset:
     ):
         self.config = config
         self.datasets_dir = datasets_dir
-        self.limit = limit
+        # The config's own limit (AISBench's test_range of a demo config) and --sb-limit:
+        # whichever is smaller.
+        limits = [n for n in (limit, config.limit) if n is not None]
+        self.limit = min(limits) if limits else None
         self.subset = subset
         #: (parent config name, group abbr) of a subset task; None otherwise.
         self.group = group
