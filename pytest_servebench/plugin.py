@@ -23,7 +23,7 @@ from .run import Run
 from .scoring import judge_case
 from .secrets import RedactingFilter, redactor
 from .store import WorkDir, load_predictions, new_timestamp, write_json
-from .suites import SuiteIndex, load_configs, parse_overrides, search_table
+from .suites import SuiteIndex, load_configs, named_entries, parse_overrides, search_table
 from .summary import build_rows, comparison_lines, comparisons, render_text, write_summary
 
 log = logging.getLogger("servebench")
@@ -46,11 +46,15 @@ def suite_folders(config: pytest.Config, extra: list[str]) -> list[tuple[Path, s
 def search(config: pytest.Config) -> int:
     """`pytest --sb-search [PATTERN]` (called by entry.py): list the configs and exit."""
     pattern = config.getoption("sb_search")
+    models = config.getoption("sb_models") or []
+    datasets = config.getoption("sb_datasets") or []
     try:
         index = SuiteIndex(suite_folders(config, config.getoption("sb_suites") or []))
+        # With --sb-models/--sb-datasets: exactly the named configs (AISBench's --search).
+        named = named_entries(index, models, datasets) if models or datasets else None
     except ServebenchError as exc:
         raise pytest.UsageError(str(exc)) from None
-    print(search_table(index, pattern=pattern))
+    print(search_table(index, pattern=pattern, entries=named))
     return 0
 
 

@@ -17,6 +17,20 @@ BUILTIN_SUITES = Path(__file__).parent / "suites"
 KINDS = ("model", "dataset")
 
 
+# AISBench dataset configs of our datasets that cannot run here: the name is known, so the
+# message says why and what to run instead (a typo gets the family's list, see unknown_message).
+UNSUPPORTED: dict[str, str] = {
+    "mmlu_ppl_0_shot_str": "a PPL task (it ranks each option by the model's log-likelihood)",
+    "ceval_ppl_0_shot_str": "a PPL task (it ranks each option by the model's log-likelihood)",
+    "ARC_c_ppl_0_shot_str": "a PPL task (it ranks each option by the model's log-likelihood)",
+    "ARC_c_gen_25_shot_chat_prompt": (
+        "25-shot from ARC-Challenge's dev split, which the ARC data here (the test split) "
+        "does not include"
+    ),
+    "aime2025_gen_0_shot_llmjudge": "scored by a second model acting as judge",
+}
+
+
 @dataclass(frozen=True)
 class Entry:
     kind: str
@@ -24,6 +38,20 @@ class Entry:
     path: Path
     origin: str  # "--sb-suites", "rootdir", "built-in", "path", "data-file"
     data: Path | None = None  # a data file named directly on --sb-datasets (see find)
+    alias: bool = False  # reached by an `aliases:` name, not the file's own
+
+    @property
+    def family(self) -> str | None:
+        """The folder a dataset config sits in below `datasets/` (gsm8k, mmlu, ...)."""
+        parent = self.path.parent
+        if self.kind != "dataset" or parent.name == "datasets" or self.origin == "path":
+            return None
+        return parent.name
+
+    @property
+    def short(self) -> bool:
+        """A family's short name (`gsm8k`): an alias that is not an AISBench config name."""
+        return self.alias and "_gen" not in self.name and "_ppl" not in self.name
 
 
 def _kind_of(path: Path, raw: Any) -> str | None:
@@ -60,7 +88,7 @@ class SuiteIndex:
         if isinstance(raw, dict) and isinstance(raw.get("aliases"), list):
             names += [str(a) for a in raw["aliases"]]
         for name in names:
-            entry = Entry(kind, name, path, origin)
+            entry = Entry(kind, name, path, origin, alias=name != path.stem)
             key = (kind, name)
             if key in self._entries:
                 self.shadowed.append((self._entries[key], entry))
@@ -99,12 +127,54 @@ class SuiteIndex:
             raise ServebenchError(self.unknown_message(kind, name))
         return entry
 
+    def families(self) -> dict[str, list[Entry]]:
+        """Family (folder) -> its dataset configs, the default's short name first."""
+        out: dict[str, list[Entry]] = {}
+        for entry in self.entries():
+            if entry.family is not None:
+                out.setdefault(entry.family, []).append(entry)
+        for members in out.values():
+            members.sort(key=lambda e: (not e.short, e.alias, e.name))
+        return out
+
+    def family_of(self, text: str) -> list[Entry]:
+        """The configs of the family whose folder or short name `text` names or starts with
+        (`gsm8k`, `gsm8k_gen_8_shot` -> the gsm8k family; `math500` -> math)."""
+        lowered = text.lower()
+        best: list[Entry] = []
+        best_len = 0
+        for family, members in self.families().items():
+            for key in {family, *(e.name for e in members if e.short)}:
+                k = key.lower()
+                if (lowered == k or lowered.startswith(k + "_") or k in lowered) and len(
+                    k
+                ) > best_len:
+                    best, best_len = members, len(k)
+        return best
+
     def unknown_message(self, kind: str, name: str) -> str:
+        if kind == "dataset" and name in UNSUPPORTED:
+            family = [e.name for e in self.family_of(name) if not e.alias]
+            default = next((e for e in self.family_of(name) if e.short), None)
+            msg = (
+                f"AISBench's dataset config {name!r} is {UNSUPPORTED[name]}; pytest-servebench "
+                f"sends generation requests only and does not support it."
+            )
+            if default is not None:
+                msg += f" Its family's default here is {default.name!r}."
+            if family:
+                msg += f" The family's configs: {', '.join(family)}."
+            return msg
         known = self.names(kind)
         close = near_matches(name, known)
+        family = [e.name for e in self.family_of(name) if not e.alias] if kind == "dataset" else []
         msg = f"unknown {kind} config {name!r}."
         if close:
             msg += f" Did you mean: {', '.join(close)}?"
+        if family:
+            short = next((e.name for e in self.family_of(name) if e.short), None)
+            msg += f" The {self.family_of(name)[0].family} family: {', '.join(family)}"
+            msg += f" (default: {short})." if short else "."
         msg += (
             f" Run `pytest --sb-search` to list all {len(known)} {kind} configs; add your own "
             f"as YAML files under a suites/ folder (or --sb-suites DIR)."
@@ -182,14 +252,47 @@ def _load_one(
     return build(cls, name, str(entry.path), raw)
 
 
-def search_table(index: SuiteIndex, kinds: Sequence[str] = KINDS, pattern: str = "") -> str:
-    rows = [
-        (e.kind, e.name, str(e.path))
-        for e in index.entries()
-        if e.kind in kinds and pattern.lower() in e.name.lower()
+def _note(index: SuiteIndex, entry: Entry) -> str:
+    if entry.short:
+        return f"default of {entry.family}" if entry.family else "alias"
+    if entry.alias:
+        return f"= {entry.path.stem}"
+    shorts = [
+        e.name for e in index.entries() if e.short and e.path == entry.path and e.kind == entry.kind
     ]
-    header = ("kind", "name", "file")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    return f"default ({', '.join(shorts)})" if shorts else ""
+
+
+def search_entries(index: SuiteIndex, pattern: str = "") -> list[Entry]:
+    """Configs whose name holds `pattern`; a family's name or short name (`gsm8k`, `math500`)
+    brings the whole family."""
+    lowered = pattern.lower()
+    family = {e.path for e in index.family_of(pattern)} if pattern else set()
+    return [e for e in index.entries() if lowered in e.name.lower() or e.path in family]
+
+
+def named_entries(index: SuiteIndex, models: Sequence[str], datasets: Sequence[str]) -> list[Entry]:
+    """The configs a run with these --sb-models / --sb-datasets would load (AISBench's
+    `--search` with --models/--datasets): an unknown name fails as the run would."""
+    return [index.find("model", n) for n in models] + [index.find("dataset", n) for n in datasets]
+
+
+def search_table(
+    index: SuiteIndex,
+    kinds: Sequence[str] = KINDS,
+    pattern: str = "",
+    entries: Sequence[Entry] | None = None,
+) -> str:
+    """kind | name | file | note, the note marking each family's default and the aliases."""
+    chosen = search_entries(index, pattern) if entries is None else entries
+    lowered = pattern.lower()
+    rows = [
+        (e.kind, e.name, str(e.path), _note(index, e))
+        for e in chosen
+        if e.kind in kinds and (entries is None or lowered in e.name.lower())
+    ]
+    header = ("kind", "name", "file", "note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
