@@ -45,7 +45,10 @@ def _compact(value: Any) -> Any:
         return value
     as_tuple = tuple(value)
     if len(as_tuple) <= 8 and all(v is None or type(v) in (bool, float) for v in as_tuple):
-        return _SHARED.setdefault(as_tuple, as_tuple)
+        # Keyed with the types: (0.0,) == (False,) in Python, and a shared (False,) would
+        # turn the scores of a results file into true/false.
+        key = tuple((type(v), v) for v in as_tuple)
+        return _SHARED.setdefault(key, as_tuple)
     return as_tuple
 
 
