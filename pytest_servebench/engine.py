@@ -434,7 +434,13 @@ class Engine:
                 record["error"] = error
             records.append(record)
         for record in records:
-            run.writer.write(record)
+            if record["sample"] == 0:
+                # What was asked and expected, in the file once per case (not per sample, and
+                # not in what goes back to pytest): the file alone shows why it was scored.
+                prompt = job.body.get("messages", job.body.get("prompt"))
+                run.writer.write({**record, "prompt": prompt, "reference": job.reference})
+            else:
+                run.writer.write(record)
             if record["ok"]:
                 progress.finished += 1
             else:

@@ -37,6 +37,10 @@ class Job:
     count: int
     body: dict[str, Any]
     hash: str
+    # The case's reference answer: saved with the prompt in the case's first record, so a
+    # prediction file shows what was asked and what was expected (AISBench's origin_prompt
+    # and gold). The engine never judges with it.
+    reference: str | None = None
 
     def failed(self, message: str) -> list[dict[str, Any]]:
         """The records of this request's samples when it could not be made or served."""

@@ -189,6 +189,20 @@ class ServebenchPlugin:
         self.view: progress.View | None = None
         self._progress_thread: threading.Thread | None = None
 
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """The work dir at the start of the run, where its logs already are."""
+        return [f"servebench work dir: {self.run.work.root}"]
+
+    def _say(self, line: str) -> None:
+        """A line of ours between pytest's progress dots: on a line of its own."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        writer = getattr(tr, "_tw", None)
+        if writer is not None and writer.width_of_current_line:
+            tr.write("\n")
+        tr.write_line(line)
+
     def _echo(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
@@ -243,6 +257,8 @@ class ServebenchPlugin:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is None:
             return
+        if tr.verbosity < 0:  # -q shows no header (pytest_report_header): say it here
+            tr.write_line(f"servebench work dir: {self.run.work.root}")
         interval = self.config.getoption("sb_progress")
         if interval is None:
             isatty = tr.isatty  # a method since pytest 8.x, an attribute before
@@ -396,6 +412,9 @@ class ServebenchPlugin:
             # One clear stop, not thousands of identical errors.
             item.session.shouldfail = "servebench run aborted (reason in the summary below)"
             report.servebench_abort = str(call.excinfo.value)
+        if isinstance(item, CaseItem) and item.collector.state.resume_note:
+            report.servebench_resume = item.collector.state.resume_note
+            item.collector.state.resume_note = None
         if isinstance(item, CaseItem) and item.verdict is not None:
             concluded = (call.when == "call") or (
                 call.when == "setup" and report.outcome != "passed"
@@ -414,6 +433,9 @@ class ServebenchPlugin:
             return
         if self.view is not None:
             self.view.tick()
+        note = getattr(report, "servebench_resume", None)
+        if note:
+            self._say(f"[servebench] {note}")
         abort = getattr(report, "servebench_abort", None)
         if abort and not self.abort_message:
             self.abort_message = abort

@@ -71,6 +71,9 @@ class TaskState:
         self.started = False
         # The records handed over, kept only while a plugin may run a case again (Run.keep_taken)
         self.taken: dict[str, list[dict[str, Any]]] = {}
+        # "reused N saved answers, sending M" of a resumed task, until a report carries it to
+        # the controller's terminal (plugin.pytest_runtest_makereport).
+        self.resume_note: str | None = None
 
     @cached_property
     def saved(self) -> dict[tuple[str, int], dict[str, Any]]:
@@ -91,8 +94,8 @@ class TaskState:
         # can check a saved prediction without asking the server which model it serves.
         digest = request_hash(task.model.type, {**body, "model": task.model.model})
         if n > 1:
-            return [Job(case.id, 0, k, body, digest)]
-        return [Job(case.id, s, 1, body, digest) for s in range(k)]
+            return [Job(case.id, 0, k, body, digest, case.reference)]
+        return [Job(case.id, s, 1, body, digest, case.reference) for s in range(k)]
 
     def start(self, items: list[CaseItem]) -> None:
         """Submit every selected case of this task, in item order, reusing saved answers."""
@@ -106,6 +109,7 @@ class TaskState:
         engine = self.run.engine
         to_send: list[str] = []
         by_id: dict[str, Case] = {}
+        resuming = bool(self.saved) or bool(self.run.options.reuse)
         for case in cases:
             if not self.run.options.resend and self.saved:
                 # The hash holds the configured model name: no need to ask the server yet.
@@ -128,6 +132,15 @@ class TaskState:
                 lambda cid: self.jobs_for(by_id[cid], model_name),
             )
         self.saved.clear()  # what we need was copied out; free the memory
+        if resuming:
+            k = self.task.samples
+            per_case = 1 if k > 1 and self.task.model.supports_n else k
+            reused = sum(len(records) for records in self.ready.values())
+            self.resume_note = (
+                f"{self.task.key}: reused {reused} saved answers, sending "
+                f"{len(to_send) * per_case} (work dir {self.run.work.root})"
+            )
+            log.info("resume: %s", self.resume_note)
 
     def all_saved(self) -> bool:
         """Whether every case of the task has a saved answer to the exact request it would

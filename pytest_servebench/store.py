@@ -138,7 +138,8 @@ class PredictionWriter:
 
 def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The latest record per (case, sample). A successful record is never replaced by a later
-    failure of the same request; torn lines from a killed process are skipped."""
+    failure of the same request; torn lines from a killed process are skipped. The prompt a
+    case's first record carries (for people reading the file) is not kept in memory."""
     found: dict[tuple[str, int], dict[str, Any]] = {}
     if not path.is_file():
         return found
@@ -149,6 +150,7 @@ def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
                 key = (record["case"], int(record["sample"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
+            record.pop("prompt", None)
             previous = found.get(key)
             if (
                 previous is not None
