@@ -105,8 +105,8 @@ def addoption(parser: pytest.Parser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="print live request progress every SECONDS (default 2 on a terminal, "
-        "10 otherwise; 0 turns it off)",
+        help="live request progress every SECONDS: on a terminal one line per active "
+        "task kept in place (default 1), otherwise plain lines (default 10); 0 turns it off",
     )
     group.addoption(
         "--sb-engine",

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from . import liveview, output, perf, progress
 from . import options as opts
-from . import output, perf, progress
 from .aggregate import TaskResult
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
@@ -78,6 +78,14 @@ def pytest_configure(config: pytest.Config) -> None:
         register_html(plugin)  # only when pytest-html is installed and --html is given
 
 
+def _shorter(path: Path) -> str:
+    """A path relative to the working folder when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -121,6 +129,7 @@ class ServebenchPlugin:
         self.interrupted = False
         self.abort_message: str | None = None  # from this process or a worker's report
         self.wrong = output.WrongAnswers()
+        self._tally: dict[str, tuple[int, int]] = {}  # task -> (passed, judged): live view
         self._setup_logging()
         self._setup_progress()
         if not is_worker(config):
@@ -194,14 +203,27 @@ class ServebenchPlugin:
         return [f"servebench work dir: {self.run.work.root}"]
 
     def _say(self, line: str) -> None:
-        """A line of ours between pytest's progress dots: on a line of its own."""
+        """A line of ours between pytest's progress dots: on a line of its own (and not
+        through the live view's block)."""
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is None:
             return
-        writer = getattr(tr, "_tw", None)
-        if writer is not None and writer.width_of_current_line:
-            tr.write("\n")
-        tr.write_line(line)
+
+        def write(text: str) -> None:
+            writer = getattr(tr, "_tw", None)
+            if writer is not None and writer.width_of_current_line:
+                tr.write("\n")
+            tr.write_line(text)
+
+        live = getattr(self, "live", None)
+        if live is not None:
+            live.say(write, line)
+        else:
+            write(line)
+
+    def _running_accuracy(self, key: str) -> float | None:
+        passed, judged = self._tally.get(key, (0, 0))
+        return 100.0 * passed / judged if judged else None
 
     def _echo(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -260,9 +282,11 @@ class ServebenchPlugin:
         if tr.verbosity < 0:  # -q shows no header (pytest_report_header): say it here
             tr.write_line(f"servebench work dir: {self.run.work.root}")
         interval = self.config.getoption("sb_progress")
+        block = liveview.live_block(tr) if interval != 0 else None
         if interval is None:
             isatty = tr.isatty  # a method since pytest 8.x, an attribute before
-            interval = 2.0 if (isatty() if callable(isatty) else isatty) else 10.0
+            tty = isatty() if callable(isatty) else isatty
+            interval = 1.0 if block is not None else 2.0 if tty else 10.0
 
         def write(line: str) -> None:
             writer = getattr(tr, "_tw", None)
@@ -277,7 +301,12 @@ class ServebenchPlugin:
             if distributed
             else (lambda: progress.snapshot(self.run.engine))
         )
-        self.view = progress.View(source, write, interval)
+        self.view = progress.View(
+            source, write, interval, block, self._running_accuracy, "logs " + _shorter(logs)
+        )
+        if block is not None:
+            self.live = liveview.LiveViewPlugin(self.view, block)
+            self.config.pluginmanager.register(self.live, "servebench-live")
         self.run.on_wait = self.view.tick
         if distributed and interval > 0:
             # Under xdist the controller's main thread only wakes for reports; keep the view
@@ -443,6 +472,8 @@ class ServebenchPlugin:
         if payload:
             self._result_for(payload["task"]).add(payload["case"], payload)
             self.wrong.note(report, payload)
+            passed, judged = self._tally.get(payload["task"], (0, 0))
+            self._tally[payload["task"]] = (passed + (payload["status"] == "passed"), judged + 1)
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True
