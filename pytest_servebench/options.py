@@ -109,6 +109,13 @@ def addoption(parser: pytest.Parser) -> None:
         "task kept in place (default 1), otherwise plain lines (default 10); 0 turns it off",
     )
     group.addoption(
+        "--sb-debug",
+        action="store_true",
+        default=False,
+        help="show the run's logs (pytest's, the engine's, each launched server's) on the "
+        "terminal as they are written",
+    )
+    group.addoption(
         "--sb-engine",
         choices=("process", "thread"),
         default=None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from . import liveview, output, perf, progress
+from . import debuglog, liveview, output, perf, progress
 from . import options as opts
 from .aggregate import TaskResult
 from .errors import ServebenchError
@@ -132,6 +132,11 @@ class ServebenchPlugin:
         self._tally: dict[str, tuple[int, int]] = {}  # task -> (passed, judged): live view
         self._setup_logging()
         self._setup_progress()
+        self.debug_tail = (
+            debuglog.LogTail(work.root / "logs")
+            if config.getoption("sb_debug") and not is_worker(config)
+            else None
+        )
         if not is_worker(config):
             self._check_rootdir()
             if not config.option.collectonly:
@@ -211,7 +216,8 @@ class ServebenchPlugin:
 
         def write(text: str) -> None:
             writer = getattr(tr, "_tw", None)
-            if writer is not None and writer.width_of_current_line:
+            # write_line ends pytest's line itself when it is a file's line of results
+            if writer is not None and writer.width_of_current_line and not tr.currentfspath:
                 tr.write("\n")
             tr.write_line(text)
 
@@ -220,6 +226,14 @@ class ServebenchPlugin:
             live.say(write, line)
         else:
             write(line)
+
+    def _tick(self) -> None:
+        """The progress view, and with --sb-debug the new log lines."""
+        if self.view is not None:
+            self.view.tick()
+        if self.debug_tail is not None:
+            for line in self.debug_tail.poll():
+                self._say(line)
 
     def _running_accuracy(self, key: str) -> float | None:
         passed, judged = self._tally.get(key, (0, 0))
@@ -307,16 +321,16 @@ class ServebenchPlugin:
         if block is not None:
             self.live = liveview.LiveViewPlugin(self.view, block)
             self.config.pluginmanager.register(self.live, "servebench-live")
-        self.run.on_wait = self.view.tick
-        if distributed and interval > 0:
+        self.run.on_wait = self._tick
+        if distributed and (interval > 0 or self.debug_tail is not None):
             # Under xdist the controller's main thread only wakes for reports; keep the view
             # alive while every worker waits on slow requests.
-            view = self.view
             stop = self._progress_stop = threading.Event()
+            every = interval if interval > 0 else 0.5
 
             def loop() -> None:
-                while not stop.wait(interval):
-                    view.tick()
+                while not stop.wait(every):
+                    self._tick()
 
             self._progress_thread = threading.Thread(target=loop, daemon=True)
             self._progress_thread.start()
@@ -460,8 +474,7 @@ class ServebenchPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if is_worker(self.config):
             return
-        if self.view is not None:
-            self.view.tick()
+        self._tick()
         note = getattr(report, "servebench_resume", None)
         if note:
             self._say(f"[servebench] {note}")
@@ -503,6 +516,9 @@ class ServebenchPlugin:
             self._progress_stop.set()
         if is_worker(self.config):
             return
+        if self.debug_tail is not None:  # the run's last log lines
+            for line in self.debug_tail.poll():
+                self._say(line)
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
         try:

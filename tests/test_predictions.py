@@ -105,3 +105,26 @@ def test_quiet_run_prints_the_work_dir_first(pytester, gsm8k_server):
     result = pytester.runpytest_subprocess(*sb_args(gsm8k_server.base_url), "-q", "--sb-limit=2")
     run = only_run(pytester.path / "out")
     assert result.stdout.lines[0] == f"servebench work dir: {run}"
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_debug_shows_the_logs_live(pytester, workers):
+    from pytest_servebench.testing.mockserver import FaultPlan, MockServer, Reply
+
+    every_500 = FaultPlan(rates={"500": 1.0})  # every request fails: the engine logs each
+    reply = Reply(content="The answer is 1.")
+    with MockServer(lambda request: reply, faults=every_500, latency=0.05) as server:
+        result = pytester.runpytest_subprocess(
+            *sb_args(server.base_url),
+            "--sb-limit=3",
+            "--sb-set=vllm_chat.retries=0",
+            "--sb-debug",
+            *workers,
+        )
+    out = result.stdout.str()
+    log = "servebench-gw0.log" if workers else "servebench.log"
+    shown = [line for line in out.splitlines() if line.startswith(f"[{log}] ")]
+    assert shown, out
+    assert any("failed" in line and "500" in line for line in shown), shown
+    quiet = pytester.runpytest_subprocess(*sb_args("http://127.0.0.1:9/v1"), "--sb-limit=1")
+    assert ".log] " not in quiet.stdout.str()
