@@ -43,9 +43,11 @@ class LiveViewPlugin:
     def _around(self) -> Generator[None, Any, Any]:
         with self.block.lock:
             self.block.erase()
+            self.block.held += 1
             try:
                 return (yield)
             finally:
+                self.block.held -= 1
                 self.view.redraw()
 
     @pytest.hookimpl(wrapper=True)
@@ -67,8 +69,12 @@ class LiveViewPlugin:
     def say(self, write: Any, line: str) -> None:
         with self.block.lock:
             self.block.erase()
-            write(line)
-            self.view.redraw()
+            self.block.held += 1
+            try:
+                write(line)
+            finally:
+                self.block.held -= 1
+                self.view.redraw()
 
     def stop(self) -> None:
         self.view.interval = 0  # no more ticks, of either kind

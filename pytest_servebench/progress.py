@@ -181,9 +181,12 @@ class LiveBlock:
         self.width = width
         self.lock = threading.RLock()
         self.drawn = 0  # lines of ours below the cursor
+        self.held = 0  # >0 while pytest writes (inside our hook wrappers): no drawing
 
     def draw(self, lines: list[str]) -> None:
         with self.lock:
+            if self.held:
+                return
             self._erase()
             if not lines:
                 return

@@ -44,7 +44,7 @@ class Entry:
     def family(self) -> str | None:
         """The folder a dataset config sits in below `datasets/` (gsm8k, mmlu, ...)."""
         parent = self.path.parent
-        if self.kind != "dataset" or parent.name == "datasets" or self.origin == "path":
+        if self.kind != "dataset" or parent.parent.name != "datasets" or self.origin == "path":
             return None
         return parent.name
 

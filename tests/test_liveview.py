@@ -132,6 +132,7 @@ def _normal(lines: list[str]) -> list[str]:
             continue
         line = re.sub(r"\d{8}_\d{6}(_\d+)?", "<ts>", line)
         line = re.sub(r"in \d+\.\d+s", "in <t>", line)
+        line = re.sub(r"=+", "=", line)  # the closing line pads to the width
         line = re.sub(r"\(\d+:\d\d:\d\d\)", "", line)
         out.append(line)
     return out

@@ -4,6 +4,7 @@ resume that says what it reused and sent, and scores written as numbers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,9 @@ def test_debug_shows_the_logs_live(pytester, workers):
             *workers,
         )
     out = result.stdout.str()
-    log = "servebench-gw0.log" if workers else "servebench.log"
-    shown = [line for line in out.splitlines() if line.startswith(f"[{log}] ")]
+    # Under -n the task runs on whichever worker xdist gives it.
+    log = r"servebench-gw\d\.log" if workers else r"servebench\.log"
+    shown = [line for line in out.splitlines() if re.match(rf"\[{log}\] ", line)]
     assert shown, out
     assert any("failed" in line and "500" in line for line in shown), shown
     quiet = pytester.runpytest_subprocess(*sb_args("http://127.0.0.1:9/v1"), "--sb-limit=1")
