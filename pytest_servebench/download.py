@@ -498,6 +498,8 @@ def _source_of_config(name: str) -> Source:
     top = Path(str(raw.get("path", ""))).parts[:1]
     if top and top[0] in SOURCES:
         return SOURCES[top[0]]
+    if raw.get("builtin_data"):
+        raise DownloadError(f"dataset {name!r} ships with the package: nothing to download.")
     close = near_matches(name, [*SOURCES, *index.names("dataset")])
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise DownloadError(

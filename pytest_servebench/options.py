@@ -55,7 +55,8 @@ def addoption(parser: pytest.Parser) -> None:
         const="",
         default=None,
         metavar="PATTERN",
-        help="list the configs (kind, name, file) matching PATTERN and exit",
+        help="list the configs (kind, name, file) matching PATTERN and exit; with "
+        "--sb-models/--sb-datasets, exactly those (a family's short name lists the family)",
     )
     group.addoption(
         "--sb-work-dir",

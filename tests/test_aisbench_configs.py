@@ -244,3 +244,16 @@ def test_search_with_names_prints_exactly_those(pytester):
     err = bad.stderr.str()
     assert "The gsm8k family:" in err and "gsm8k_gen_4_shot_cot_chat_prompt" in err
     assert "(default: gsm8k)" in err
+
+
+def test_download_knows_each_aisbench_name():
+    from pytest_servebench import download as dl
+    from pytest_servebench.download import DownloadError
+
+    for name in supported():
+        if name.startswith("demo_"):
+            with pytest.raises(DownloadError, match="ships with the package"):
+                dl.resolve_names([name])
+            continue
+        (source,) = dl.resolve_names([name])
+        assert source.name in dl.SOURCES
