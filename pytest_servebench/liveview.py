@@ -14,10 +14,16 @@ import pytest
 
 from .progress import LiveBlock, View
 
+# The pytest majors whose TerminalWriter (_tw: _file, width_of_current_line, fullwidth) the
+# view was tested against; any other gets the plain lines.
+PYTEST_MAJORS = (8, 9)
+
 
 def live_block(tr: Any) -> LiveBlock | None:
-    """A LiveBlock on the terminal reporter's own file, or None (not a terminal, or a pytest
-    whose writer does not look as expected)."""
+    """A LiveBlock on the terminal reporter's own file, or None (not a terminal, another
+    pytest, or a writer that does not look as expected)."""
+    if int(pytest.__version__.split(".")[0]) not in PYTEST_MAJORS:
+        return None
     writer = getattr(tr, "_tw", None)
     file = getattr(writer, "_file", None)
     if (

@@ -203,3 +203,21 @@ def test_task_line_fits_the_terminal():
     assert line.startswith("m/gsm8k [########--------] 50/100 acc  62.5% 5.0 req/s 0:10 ETA 0:10")
     assert "sending, 2 failed, 1 retried | logs out/x/logs" in line
     assert len(task_line("m/gsm8k", counters, None, "logs " + "x" * 300, 80)) == 79
+
+
+def test_live_view_falls_back_to_plain_lines(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from pytest_servebench import liveview
+
+    writer = SimpleNamespace(
+        _file=io.StringIO(), width_of_current_line=0, fullwidth=80, hasmarkup=True
+    )
+    tty = SimpleNamespace(_tw=writer, isatty=lambda: True)
+    assert liveview.live_block(tty) is not None
+    assert liveview.live_block(SimpleNamespace(_tw=writer, isatty=lambda: False)) is None
+    no_file = SimpleNamespace(width_of_current_line=0, fullwidth=80, hasmarkup=True)
+    assert liveview.live_block(SimpleNamespace(_tw=no_file, isatty=lambda: True)) is None
+    monkeypatch.setattr(pytest, "__version__", "10.0.0")
+    assert liveview.live_block(tty) is None
