@@ -59,7 +59,7 @@ def cases(name: str) -> list[tuple[str, str, str]]:
         out = [
             (aime25_text(r) + tail, str(r["answer"]), "math") for r in jsonl("aime2025/test.jsonl")
         ]
-    elif name.startswith("math500"):
+    elif name.startswith(("math500", "math_prm800k_500_0shot")):
         tail = "\nPlease reason step by step, and put your final answer within " + BOX + "."
         out = [(r["problem"] + tail, r["answer"], "math") for r in jsonl("math500/test.jsonl")]
     elif name.startswith("ARC_c"):
@@ -84,11 +84,14 @@ def cases(name: str) -> list[tuple[str, str, str]]:
         for subject, (_, zh, _) in mapping.items():
             for r in csv_rows(f"ceval/val/{subject}_val.csv", header=True):
                 body = r["question"] + opts(r["A"], r["B"], r["C"], r["D"])
-                if name == "ceval_gen_0_shot_cot_chat_prompt":
+                if name.endswith("_chat_prompt"):
+                    cot = "回答之前先一步步思考。" if "_cot_" in name else ""
                     text = (
                         f"以下是中国关于{zh}考试的单项选择题，请选出其中的正确答案。回答的最后一行应采用"
                         "以下格式：”answer:$LETTER“（不带引号），其中LETTER 是ABCD之一。"
-                        "回答之前先一步步思考。\n\n" + body
+                        + cot
+                        + "\n\n"
+                        + body
                     )
                     out.append((text, r["answer"], "choice"))
                 else:
@@ -157,6 +160,9 @@ FULL = [
     ("ARC_c_gen_0_shot_chat_prompt", "vllm_chat", 1172),
     ("ceval_gen_0_shot_cot_chat_prompt", "vllm_chat", 1346),
     ("ceval_gen_5_shot_str", "vllm_completions", 1346),
+    ("ceval_gen_0_shot_noncot_chat_prompt", "vllm_chat", 1346),
+    ("ceval_gen_0_shot_str", "vllm_completions", 1346),
+    ("math_prm800k_500_0shot_cot_gen", "vllm_completions", 500),
 ]
 
 
