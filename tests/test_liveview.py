@@ -91,7 +91,8 @@ def run_in_pty(args: list[str], cwd: Path) -> str:
     env.pop("NO_COLOR", None)
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        # the same item order in both runs compared (pytest-randomly would shuffle them)
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,
