@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from run import Server  # bench/run.py: the mock server in its own process
 
@@ -37,22 +38,51 @@ def start_server(folder: Path, records: int) -> Server:
     return Server(folder, data, 0.0, {**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def engine_client(concurrency: int, path: str) -> Any:
+    """The client the engine uses: connection.Session (aiohttp), or in copies from before it
+    (--src), make_client's httpx client on the lean transport."""
+    try:
+        import httpx
+        from pytest_servebench.transport import make_client
+    except ImportError:
+        from pytest_servebench.connection import Session, Settings
+    else:
+        client = make_client(concurrency, httpx.Timeout(connect=10, read=60, write=60, pool=None))
+        if path == "httpx":
+
+            async def hook(request: httpx.Request) -> None:
+                pass
+
+            client.event_hooks = {"request": [hook], "response": []}
+        return client
+    if path == "httpx":
+        raise SystemExit("--paths httpx: this copy has no httpx path (the engine uses aiohttp)")
+    return _Closing(Session(Settings(max_connections=concurrency, read_timeout=60)))
+
+
+class _Closing:
+    """`async with` for a connection.Session, passing everything else through."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def __aenter__(self) -> Any:
+        return self._session
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.aclose()
+
+
 async def measure(
     url: str, path: str, stream: bool, n: int, concurrency: int, records: int
 ) -> tuple[float, float]:
     """-> (requests per second, CPU microseconds of this process per request)."""
-    import httpx
-
     from pytest_servebench.client import send
-    from pytest_servebench.transport import make_client
 
-    client = make_client(concurrency, httpx.Timeout(connect=10, read=60, write=60, pool=None))
-    if path == "httpx":
-
-        async def hook(request: httpx.Request) -> None:
-            pass
-
-        client.event_hooks = {"request": [hook], "response": []}
+    client = engine_client(concurrency, path)
 
     async def worker(todo: Iterator[int]) -> None:
         for i in todo:
@@ -66,7 +96,7 @@ async def measure(
             }
             await send(client, url, body, True, stream, {"Authorization": "Bearer x"})
 
-    async with client:
+    async with client as client:
         warm_up = iter(range(n, n + 2 * concurrency))  # connections open, caches filled
         await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
         todo = iter(range(n))
@@ -80,7 +110,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--concurrency", type=int, nargs="+", default=[256])
-    p.add_argument("--paths", nargs="+", default=["fast", "httpx"], choices=["fast", "httpx"])
+    p.add_argument("--paths", nargs="+", default=["fast"], choices=["fast", "httpx"])
     p.add_argument("--src", help="folder holding the pytest_servebench package to measure")
     p.add_argument("--repeat", type=int, default=3, help="runs per row; the best is shown")
     args = p.parse_args()

@@ -1,49 +1,48 @@
 """OpenAI-compatible requests and replies: chat and completions, streamed (SSE) or not.
 
-Knows HTTP and the OpenAI wire format; knows nothing of datasets or scoring.
+Knows HTTP and the OpenAI wire format; knows nothing of datasets or scoring. The bytes travel
+on an aiohttp session (connection.py: TLS, proxies, redirects, timeouts); every way a request
+can fail becomes one of three errors here, with a message that says what to do.
 
-The hot path skips httpx. httpx.AsyncClient costs ~280 us of GIL time a request (Request and
-Headers objects, auth, redirects, cookies, Response and its stream wrappers), and the client
-runs in a thread that shares the GIL with pytest. When the client is a plain one on a
-LeanTransport (what make_client builds) and has no cookies, auth, hooks, proxies, params or
-redirects to follow, `send` writes a cached request head (the one httpx would send, see
-`_route`) and the JSON body straight to the transport, and parses the reply from bytes: the
-same requests on the wire, the same replies and errors. Anything else goes through httpx.
-
-Streamed replies are parsed from bytes too: lines split with a regex, each event decoded on its
+Streamed replies are parsed from bytes: lines split with a regex, each event decoded on its
 own only until the first token (for the time to first token), the rest in one json.loads.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+from .connection import Session, parse_url
+from .secrets import redact_url, redactor
 
-from .secrets import redactor
-from .transport import LeanTransport, origin
-
-_log = logging.getLogger("httpx")  # where httpx logs each request (INFO)
-# httpx's encoding of json= bodies
+# The JSON encoding of request bodies (httpx's, which earlier versions sent).
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_JSON = {"Content-Type": "application/json"}
 
 
 class RetryableError(Exception):
     """The request may succeed if sent again (5xx, 429, 408, resets, timeouts, cut streams)."""
 
-    def __init__(self, message: str, retry_after: float | None = None, free: bool = False):
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        free: bool = False,
+        unreachable: str | None = None,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         # A keep-alive connection the server closed before we reused it: not the server's
         # failure to answer, so the retry does not count against the budget.
         self.free = free
+        # The endpoint (or its proxy) could not be reached: the message that stops the run
+        # when every attempt failed so and no request ever succeeded.
+        self.unreachable = unreachable
 
 
 class FatalEndpointError(Exception):
@@ -67,8 +66,8 @@ def endpoint_path(model_type: str) -> str:
     return "/chat/completions" if model_type == "openai-chat" else "/completions"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
@@ -82,7 +81,9 @@ def _error_text(response_text: str) -> str:
     return redactor(text[:300])
 
 
-def classify_status(status: int, body: str, retry_after: float | None, url: str) -> Exception:
+def classify_status(
+    status: int, body: str, retry_after: float | None, url: str, headers: Any = None
+) -> Exception:
     if status in (401, 403):
         return FatalEndpointError(
             f"the server at {url} rejected the credentials (HTTP {status}): {_error_text(body)}. "
@@ -90,6 +91,13 @@ def classify_status(status: int, body: str, retry_after: float | None, url: str)
         )
     if status in (408, 429) or status >= 500:
         return RetryableError(f"HTTP {status}: {_error_text(body)}", retry_after)
+    if 300 <= status < 400:
+        location = (headers or {}).get("location")
+        where = f" to {redactor(location)}" if location else " without a Location"
+        return RequestFailed(
+            f"HTTP {status}: {url} redirects{where}; set base_url to the final URL, or "
+            f"follow_redirects: true to follow it"
+        )
     return RequestFailed(f"HTTP {status}: {_error_text(body)}")
 
 
@@ -130,63 +138,8 @@ def _spread_usage(replies: list[Reply], usage: dict[str, Any] | None) -> None:
         r.completion_tokens = completion if n == 1 or completion is None else round(completion / n)
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed(url: str) -> httpx.URL:
-    """Parsing a URL string is a tenth of httpx's cost per request; endpoints reuse a few."""
-    return httpx.URL(url)
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    key: tuple[bytes, bytes, int]  # the transport's pool key
-    head: bytes  # the request head up to the value of Content-Length
-    keep_alive: bool  # False when the headers say Connection: close
-
-
-@functools.lru_cache(maxsize=256)
-def _route(
-    url: str, headers: tuple[tuple[str, str], ...], defaults: tuple[tuple[bytes, bytes], ...]
-) -> _Route | None:
-    """The head httpx would send for a JSON POST to `url` with the client headers `defaults`
-    and the caller's `headers` (merged as httpx merges them); None when httpx must send it."""
-    parsed = _parsed(url)
-    if parsed.scheme not in ("http", "https") or parsed.userinfo:  # userinfo: basic auth
-        return None
-    merged = httpx.Headers(list(defaults))
-    merged.update(dict(headers))
-    request = httpx.Request("POST", parsed, headers=merged, json={})
-    lines = [b"POST %s HTTP/1.1\r\n" % parsed.raw_path]
-    lines += [
-        b"%s: %s\r\n" % (name, value)
-        for name, value in request.headers.raw
-        if name.lower() != b"content-length"
-    ]
-    lines.append(b"Content-Length: ")
-    keep_alive = "close" not in request.headers.get("connection", "").lower()
-    return _Route(origin(parsed), b"".join(lines), keep_alive)
-
-
-def _lean_transport(client: httpx.AsyncClient) -> LeanTransport | None:
-    """The client's LeanTransport when httpx would only pass the request through to it."""
-    transport = getattr(client, "_transport", None)
-    hooks = client.event_hooks
-    if (
-        type(transport) is not LeanTransport
-        or client.is_closed  # httpx raises its own error
-        or client.follow_redirects
-        or client.auth is not None
-        or client.params
-        or len(client.cookies.jar)
-        or getattr(client, "_mounts", True)  # proxies
-        or hooks["request"]
-        or hooks["response"]
-    ):
-        return None
-    return transport
-
-
 async def send(
-    client: httpx.AsyncClient,
+    session: Session,
     url: str,
     body: dict[str, Any],
     chat: bool,
@@ -196,88 +149,164 @@ async def send(
     """Send one request; return the replies, latency and time to first token.
     Raises RetryableError, FatalEndpointError or RequestFailed."""
     start = time.perf_counter()
+    data = _encode_json(body).encode()
     try:
-        transport = _lean_transport(client)
-        if transport is not None and (
-            route := _route(url, tuple(headers.items()), tuple(client.headers.raw))
-        ):
-            return await _send_lean(client, transport, route, url, body, chat, stream, start)
-        if not stream:
-            response = await client.post(_parsed(url), json=body, headers=headers)
-            if response.status_code != 200:
+        async with session.request(
+            "POST", url, data=data, headers={**_JSON, **headers}
+        ) as response:
+            if response.status == 407:
+                raise _proxy_rejected(session, url)
+            if response.status != 200:
+                text = (await response.read()).decode(response.charset or "utf-8", "replace")
                 raise classify_status(
-                    response.status_code, response.text, _retry_after(response), url
+                    response.status, text, _retry_after(response.headers), url, response.headers
                 )
-            return _json_replies(response.content, chat), time.perf_counter() - start, None
-        async with client.stream("POST", _parsed(url), json=body, headers=headers) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise classify_status(
-                    response.status_code, response.text, _retry_after(response), url
-                )
-            receive = functools.partial(anext, response.aiter_bytes(), b"")
-            replies, ttft = await _read_stream(receive, chat, start)
+            if not stream:
+                return _json_replies(await response.read(), chat), time.perf_counter() - start, None
+            replies, ttft = await _read_stream(response.content.readany, chat, start)
             return replies, time.perf_counter() - start, ttft
-    except httpx.RemoteProtocolError as exc:
-        # "Server disconnected without sending a response": a pooled keep-alive connection
-        # that the server had already closed (llama.cpp does this after streamed replies).
-        free = "without sending" in str(exc)
-        raise RetryableError(f"connection dropped: {exc}", free=free) from None
-    except httpx.ConnectError as exc:
-        raise RetryableError(f"cannot connect to {url}: {exc}") from None
-    except httpx.TimeoutException as exc:
-        raise RetryableError(f"timed out ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise RetryableError(f"transport error: {type(exc).__name__}: {exc}") from None
+    except (RetryableError, FatalEndpointError, RequestFailed):
+        raise
+    except Exception as exc:
+        raise describe(exc, url, session) from None
 
 
-async def _send_lean(
-    client: httpx.AsyncClient,
-    transport: LeanTransport,
-    route: _Route,
-    url: str,
-    body: dict[str, Any],
-    chat: bool,
-    stream: bool,
-    start: float,
-) -> tuple[list[Reply], float, float | None]:
-    """`send` straight on the transport, doing what httpx would have done around it."""
-    content = _encode_json(body).encode()
-    data = b"%s%d\r\n\r\n%s" % (route.head, len(content), content)
-    head, reply = await transport.send_raw(
-        route.key, data, client.timeout.as_dict(), route.keep_alive
+def _where(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, for messages."""
+    parsed = parse_url(url)
+    return parsed.scheme, parsed.host or "?", parsed.port
+
+
+def _via(session: Session, url: str) -> str:
+    """' through the proxy P' when requests to `url` go through one (redacted)."""
+    proxy = session.proxy_for(url)
+    return f" through the proxy {redact_url(proxy)}" if proxy else ""
+
+
+def _proxy_rejected(session: Session, url: str) -> FatalEndpointError:
+    proxy = redact_url(session.proxy_for(url) or "?")
+    return FatalEndpointError(
+        f"the proxy {proxy} asks for credentials (HTTP 407) for {url}; put them in the proxy "
+        f"URL (http://USER:PASSWORD@HOST:PORT) in the model config's `proxy` or in "
+        f"HTTPS_PROXY / HTTP_PROXY"
     )
-    try:
-        if head.cookies:  # from now on the client has cookies to send: httpx's path
-            request = httpx.Request("POST", url)
-            client.cookies.extract_cookies(
-                httpx.Response(head.status, headers=head.headers, request=request)
-            )
-        if _log.isEnabledFor(logging.INFO):
-            _log.info(
-                'HTTP Request: POST %s "%s %d %s"',
-                _parsed(url),
-                head.version.decode("ascii", "replace"),
-                head.status,
-                head.reason.decode("ascii", "replace"),
-            )
-        if head.status != 200 or (head.encoded and not stream):
-            # rare: let httpx decode the body (content encodings, charset)
-            response = httpx.Response(head.status, headers=head.headers, content=await reply.read())
-            response.default_encoding = getattr(client, "_default_encoding", "utf-8")
-            if head.status != 200:
-                raise classify_status(head.status, response.text, _retry_after(response), url)
-            return _json_replies(response.content, chat), time.perf_counter() - start, None
-        if not stream:
-            return _json_replies(await reply.read(), chat), time.perf_counter() - start, None
-        receive: Callable[[], Awaitable[bytes]] = reply.receive
-        if head.encoded:
-            decoded = httpx.Response(200, headers=head.headers, stream=reply).aiter_bytes()
-            receive = functools.partial(anext, decoded, b"")
-        replies, ttft = await _read_stream(receive, chat, start)
-        return replies, time.perf_counter() - start, ttft
-    finally:
-        await reply.aclose()  # after [DONE], or an error: reuse the connection if it can be
+
+
+def describe(exc: BaseException, url: str, session: Session) -> Exception:
+    """The error (RetryableError, FatalEndpointError, RequestFailed) for an exception raised
+    while sending to `url`, with a message that names what failed and what to do."""
+    import asyncio
+    import ssl
+
+    import aiohttp
+
+    from .connection import EndpointSetupError
+
+    name = session.settings.name
+    scheme, host, port = _where(url)
+    target = f"{host}:{port}" if port else host
+    if isinstance(exc, EndpointSetupError):
+        return FatalEndpointError(f"model {name!r}: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", None) or str(
+            exc.certificate_error
+        )
+        return FatalEndpointError(
+            f"the TLS certificate of {target} is not trusted ({reason}){_via(session, url)}. "
+            f"CA certificates used: {session.ca_source}. Set the model config's `verify` to "
+            f"the CA bundle that signed it (--sb-set {name}.verify=/path/to/ca.pem, a PEM file "
+            f"or a folder), or set SSL_CERT_FILE; verify=false turns the check off"
+        )
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return _tls_failure(exc, url, session)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        proxy = redact_url(session.proxy_for(url) or "?")
+        message = f"cannot connect to the proxy {proxy} (for {url}): {exc.os_error}"
+        return RetryableError(
+            message,
+            unreachable=f"{message}. Is the proxy running? Set it with the model config's "
+            f"`proxy` (--sb-set {name}.proxy=http://HOST:PORT) or HTTPS_PROXY / HTTP_PROXY; "
+            f"NO_PROXY lists the hosts reached directly",
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        proxy = redact_url(session.proxy_for(url) or "?")
+        if exc.status == 407:
+            return _proxy_rejected(session, url)
+        message = f"the proxy {proxy} refused to connect to {target} (HTTP {exc.status})"
+        return RetryableError(message, unreachable=message)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        chain = " -> ".join(redactor(str(r.url)) for r in exc.history[:4])
+        return FatalEndpointError(
+            f"{url} redirected more than {len(exc.history) - 1} times ({chain} ...): a "
+            f"redirect loop; set base_url to the final URL of the API"
+        )
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError)):
+        return RequestFailed(f"invalid URL: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        message = f"cannot resolve {host}{_via(session, url)}: {exc.os_error}"
+        return RetryableError(
+            f"cannot connect to {url}: {message}",
+            unreachable=f"the server for model {name!r} is not reachable: {message}. "
+            f"Check the host name in base_url (--sb-set {name}.base_url=...)",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        message = f"cannot connect to {url}{_via(session, url)}: {exc.os_error}"
+        example = (
+            f"{scheme}://HOST:PORT/v1" if scheme in ("http", "https") else "http://HOST:PORT/v1"
+        )
+        return RetryableError(
+            message,
+            unreachable=f"the server for model {name!r} is not reachable: {message}. Is it "
+            f"running? Set its URL with --sb-set {name}.base_url={example}",
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(exc.message, str):
+        # aiohttp passes the part of the reply's head that came
+        return RetryableError(
+            "connection dropped: the server closed the connection in the middle of the reply"
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and "Can not write request" in str(exc)
+    ):
+        # "Server disconnected" before any reply, or the request could not even be written:
+        # a pooled keep-alive connection that the server had already closed (llama.cpp
+        # does this after streamed replies).
+        return RetryableError(f"connection dropped: {exc}", free=True)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        seconds = session.settings.connect_timeout
+        handshake = " (TCP connect and TLS handshake)" if scheme == "https" else ""
+        return RetryableError(
+            f"timed out (ConnectTimeout): no connection to {target}{_via(session, url)} "
+            f"within {seconds}s{handshake}"
+        )
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return RetryableError(f"timed out (ReadTimeout){_via(session, url)}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return RetryableError(f"connection dropped: reply cut or malformed: {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return RetryableError(f"malformed reply: {exc.message}")
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return RetryableError(f"transport error: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UnicodeError):
+        return RetryableError(f"malformed reply: {exc}")
+    raise exc
+
+
+def _tls_failure(exc: BaseException, url: str, session: Session) -> Exception:
+    """A TLS handshake that failed for another reason than an untrusted certificate: a
+    server that wants a client certificate, a protocol mismatch. Never an http:// hint: the
+    URL says https on purpose."""
+    name = session.settings.name
+    _, host, port = _where(url)
+    reason = str(getattr(exc, "os_error", None) or exc)
+    advice = f"CA certificates used: {session.ca_source}"
+    if "CERTIFICATE_REQUIRED" in reason.upper() or "BAD_CERTIFICATE" in reason.upper():
+        advice = (
+            f"the server asks for a client certificate: set the model config's `cert` "
+            f"(--sb-set {name}.cert=/path/to/client.pem, or [CERT, KEY])"
+        )
+    return FatalEndpointError(
+        f"TLS with {host}:{port}{_via(session, url)} failed: {reason}. {advice}"
+    )
 
 
 def _json_replies(content: bytes, chat: bool) -> list[Reply]:
@@ -418,28 +447,28 @@ async def _read_stream(
     return reply.replies(done), ttft
 
 
-async def list_models(
-    client: httpx.AsyncClient, base_url: str, headers: dict[str, str]
-) -> list[str]:
+async def list_models(session: Session, base_url: str, headers: dict[str, str]) -> list[str]:
     url = base_url + "/models"
     try:
-        response = await client.get(url, headers=headers)
-    except httpx.TransportError as exc:
-        raise FatalEndpointError(
-            f"cannot reach the server at {base_url} ({type(exc).__name__}). "
-            f"Is it running? Set the URL with --sb-set "
-            f"<model>.base_url=http://HOST:PORT/v1"
-        ) from None
-    if response.status_code != 200:
-        err = classify_status(response.status_code, response.text, None, url)
+        async with session.request("GET", url, headers=headers) as response:
+            status = response.status
+            body = await response.read()
+    except Exception as exc:
+        error = describe(exc, url, session)
+        if isinstance(error, RetryableError):
+            raise FatalEndpointError(error.unreachable or str(error)) from None
+        raise error from None
+    text = body.decode("utf-8", "replace")
+    if status != 200:
+        err = classify_status(status, text, None, url)
         if isinstance(err, FatalEndpointError):
             raise err
         raise FatalEndpointError(
-            f"GET {url} answered HTTP {response.status_code}; set the model "
+            f"GET {url} answered HTTP {status}; set the model "
             f"name in the config (`model:`) instead of leaving it empty"
         )
     try:
-        data = response.json()
+        data = json.loads(text)
         return [m["id"] for m in data["data"]]
     except (ValueError, KeyError, TypeError):
         raise FatalEndpointError(

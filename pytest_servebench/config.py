@@ -70,6 +70,12 @@ class ModelConfig:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 30.0
     supports_n: bool = False
+    # How requests reach the endpoint (see connection.py and README "Endpoints").
+    verify: bool | str = True  # false, or a CA bundle (PEM file or folder)
+    cert: str | list[str] | None = None  # client certificate: PATH or [CERT, KEY]
+    proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT for every request
+    trust_env: bool = True  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, ...
+    follow_redirects: bool = True
     launch: dict[str, Any] | None = None
     aliases: list[str] = field(default_factory=list)
     description: str = ""
@@ -91,6 +97,11 @@ class ModelConfig:
         "retry_backoff": float,
         "retry_backoff_max": float,
         "supports_n": bool,
+        "verify": (bool, str),
+        "cert": (str, list, NoneType),
+        "proxy": (str, NoneType),
+        "trust_env": bool,
+        "follow_redirects": bool,
         "launch": (dict, NoneType),
         "aliases": list,
         "description": str,
@@ -115,8 +126,41 @@ class ModelConfig:
             raise ConfigError(
                 "base_url must name at least one URL", self.source, line_of(raw, "base_url")
             )
+        self._validate_connection(raw)
         if self.launch is not None:
             self.launch = validate_launch(self, raw)
+
+    def _validate_connection(self, raw: Any) -> None:
+        """verify, cert and proxy: files that exist, a proxy URL aiohttp can use."""
+        from .connection import EndpointSetupError, check_proxy_url
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(
+                f"{key}: {message} (set it in the model config or with "
+                f"--sb-set {self.name}.{key}=...)",
+                self.source,
+                line_of(raw, key),
+            )
+
+        if isinstance(self.verify, str):
+            if not self.verify:
+                raise fail("verify", "must be true, false or the path of a CA bundle")
+            if not Path(self.verify).expanduser().exists():
+                raise fail("verify", f"no CA bundle at {self.verify}")
+        if self.cert is not None:
+            files = [self.cert] if isinstance(self.cert, str) else self.cert
+            if not 1 <= len(files) <= 2 or not all(isinstance(f, str) and f for f in files):
+                raise fail(
+                    "cert", "must be a PEM file with the certificate and key, or [CERT, KEY]"
+                )
+            for f in files:
+                if not Path(f).expanduser().is_file():
+                    raise fail("cert", f"no file at {f}")
+        if self.proxy:
+            try:
+                check_proxy_url(self.proxy, "proxy")
+            except EndpointSetupError as exc:
+                raise fail("proxy", str(exc).removeprefix("proxy: ")) from None
 
     @property
     def base_urls(self) -> list[str]:

@@ -16,13 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from .client import FatalEndpointError, RequestFailed, RetryableError, list_models, send
 from .config import ModelConfig
+from .connection import Session, Settings
 from .jobs import Job, Progress, RunAborted, unbuilt
 from .store import PredictionWriter
-from .transport import make_client
 
 log = logging.getLogger("servebench.engine")
 
@@ -66,17 +64,7 @@ class Endpoint:
         self.config = config
         self.headers = headers
         self.semaphore = asyncio.Semaphore(config.max_concurrency)
-        # httpx's own pool costs O(connections) per request (49 req/s at C=256, 200 ms);
-        # the lean transport is O(1): see transport.py.
-        self.client = make_client(
-            config.max_concurrency,
-            httpx.Timeout(
-                connect=config.connect_timeout,
-                read=config.read_timeout,
-                write=config.read_timeout,
-                pool=None,
-            ),
-        )
+        self.client = Session(Settings.of(config))  # TLS, proxy, redirects: connection.py
         self.urls = config.base_urls
         self._next = 0
         self._avoid_until = [0.0] * len(self.urls)
@@ -378,12 +366,8 @@ class Engine:
                     continue
                 if attempts > config.retries:
                     error = f"{exc} (after {attempts} attempts)"
-                    if "cannot connect" in str(exc) and endpoint.successes == 0:
-                        self._abort(
-                            f"the server for model {config.name!r} is not reachable: "
-                            f"{exc}. Is it running? Set its URL with --sb-set "
-                            f"{config.name}.base_url=http://HOST:PORT/v1"
-                        )
+                    if exc.unreachable and endpoint.successes == 0:
+                        self._abort(exc.unreachable)
                         return
                     break
                 progress.retried += 1

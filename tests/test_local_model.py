@@ -27,6 +27,7 @@ import pytest
 from conftest import summary_json
 from pytest_servebench.client import Reply, send
 from pytest_servebench.config import ModelConfig
+from pytest_servebench.connection import Session, Settings
 from pytest_servebench.evaluators import get_evaluator
 from pytest_servebench.launcher import Launcher
 from pytest_servebench.scoring import judge_case
@@ -78,7 +79,7 @@ def ask(
         body.update(stream=True, stream_options={"include_usage": True})
 
     async def go() -> tuple[list[Reply], float, float | None]:
-        async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+        async with Session(Settings(read_timeout=120, trust_env=False)) as client:
             return await send(client, url, body, chat, stream, {})
 
     replies, _latency, ttft = asyncio.run(go())
@@ -244,8 +245,7 @@ def test_plugin_same_seed_same_predictions(pytester, server):
 class DropAfterStream:
     """A loopback TCP relay in front of the real server that acts like servers which close a
     keep-alive connection after a streamed reply: the first request that reaches it after a
-    stream ended is met with a close and no response (httpx: "Server disconnected without
-    sending a response"). Deterministic: whether the client reuses the connection or opens a
+    stream ended is met with a close and no response ("Server disconnected"). Deterministic: whether the client reuses the connection or opens a
     new one, that request is dropped once."""
 
     def __init__(self, upstream: str):

@@ -1,6 +1,6 @@
-"""client.send's fast path (straight on the LeanTransport, without httpx's Request and Response):
-the same bytes on the wire, replies and errors as through httpx, against the mock server, raw
-loopback servers, and the SSE parser fed byte strings cut every possible way."""
+"""client.send on its aiohttp session: the bytes on the wire, framing and keep-alive, replies,
+and every way a request fails mapped to the engine's three errors, against the mock server
+(and its faults), raw loopback servers, and the SSE parser fed byte strings cut every way."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from pytest_servebench.client import (
@@ -24,38 +23,25 @@ from pytest_servebench.client import (
     _read_stream,
     send,
 )
-from pytest_servebench.testing.mockserver import MockServer
+from pytest_servebench.connection import Session, Settings
+from pytest_servebench.testing.mockserver import FaultPlan, MockServer
 from pytest_servebench.testing.mockserver import Reply as MockReply
-from pytest_servebench.transport import LeanTransport, make_client
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def lean_client(max_connections: int = 4, **kwargs: Any) -> tuple[httpx.AsyncClient, list]:
-    """make_client's client, and a list that grows by one for each request httpx sends."""
-    timeouts = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": None}
-    timeouts.update({k: kwargs.pop(k) for k in list(kwargs) if k in timeouts})
-    client = make_client(max_connections, httpx.Timeout(**timeouts), **kwargs)
-    transport = client._transport
-    through_httpx: list[httpx.Request] = []
-    handle = transport.handle_async_request
-
-    async def spy(request: httpx.Request) -> httpx.Response:
-        through_httpx.append(request)
-        return await handle(request)
-
-    transport.handle_async_request = spy
-    return client, through_httpx
+def session(max_connections: int = 4, read: float = 5.0, **settings: Any) -> Session:
+    """The engine's client (connection.Session) with short timeouts."""
+    return Session(
+        Settings(
+            max_connections=max_connections, connect_timeout=5.0, read_timeout=read, **settings
+        )
+    )
 
 
-async def _no_op(request: httpx.Request) -> None:
-    pass
-
-
-def httpx_path(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """The same client, made to send through httpx (an event hook is one reason)."""
-    client.event_hooks = {"request": [_no_op], "response": []}
-    return client
+def force(kind: str | None, **plan_kwargs: Any) -> FaultPlan:
+    """A mock server fault plan that gives `kind` to every first attempt of a body."""
+    return FaultPlan(custom=lambda req, attempt: kind if attempt == 0 else None, **plan_kwargs)
 
 
 # --------------------------------------------------------------------------- wire helpers
@@ -166,37 +152,31 @@ def headers_of(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]
 # --------------------------------------------------------------------------- the wire
 
 
-def test_same_request_bytes_as_httpx():
+def test_request_bytes():
     body = {**CHAT, "messages": [{"role": "user", "content": "héllo ✓ \u2028"}], "t": 0.1}
     caller = {"Authorization": "Bearer k", "user-agent": "mine/1", "X-Extra": "1"}
 
     async def main() -> None:
-        async with Wire(answering(http(message()))) as wire:
-            client, through_httpx = lean_client(headers={"X-Client": "c"})
-            async with client:
-                for fast in (True, False):
-                    if not fast:
-                        httpx_path(client)
-                    for url in ("/chat/completions", "/chat/completions?x=1"):
-                        await send(client, wire.url + url, body, True, False, caller)
-                    assert len(through_httpx) == (0 if fast else 2)
-        fast, slow = wire.requests[:2], wire.requests[2:]
-        for a, b in zip(fast, slow):
-            assert headers_of(a) == headers_of(b)
-        line, headers, sent = headers_of(fast[0])
+        async with Wire(answering(http(message()))) as wire, session() as client:
+            for url in ("/chat/completions", "/chat/completions?x=1"):
+                await send(client, wire.url + url, body, True, False, caller)
+        line, headers, sent = headers_of(wire.requests[0])
         assert line == b"POST /v1/chat/completions HTTP/1.1"
         assert (b"authorization", b"Bearer k") in headers
-        assert (b"user-agent", b"mine/1") in headers  # the caller's wins, as in httpx
-        assert (b"x-client", b"c") in headers
+        assert (b"user-agent", b"mine/1") in headers  # the caller's wins
+        assert (b"x-extra", b"1") in headers
         assert (b"content-type", b"application/json") in headers
+        assert (b"content-length", str(len(sent)).encode()) in headers
         assert json.loads(sent) == body
-        assert headers_of(fast[1])[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+        assert "héllo".encode() in sent  # UTF-8, not \u escapes (as httpx sent it)
+        assert headers_of(wire.requests[1])[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+        assert wire.connections == 1
 
     asyncio.run(main())
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_same_replies_as_the_httpx_path(stream):
+def test_replies(stream):
     def responder(r) -> MockReply:
         text = f"answer {r.choice_index} to {r.prompt_text} " * 3
         return MockReply(text, reasoning="thinking " * 4 if "messages" in r.body else None)
@@ -208,53 +188,58 @@ def test_same_replies_as_the_httpx_path(stream):
     ]
     with MockServer(responder, stream_chunk_chars=5) as srv:
 
-        async def main() -> tuple[list, list]:
-            client, through_httpx = lean_client()
-            async with client:
-                fast = [
+        async def main() -> list:
+            async with session() as client:
+                return [
                     await send(client, srv.base_url + path, b, "messages" in b, stream, {})
                     for b in bodies
                     for path in ["/chat/completions" if "messages" in b else "/completions"]
                 ]
-                assert through_httpx == []
-                httpx_path(client)
-                slow = [
-                    await send(client, srv.base_url + path, b, "messages" in b, stream, {})
-                    for b in bodies
-                    for path in ["/chat/completions" if "messages" in b else "/completions"]
-                ]
-                assert len(through_httpx) == len(bodies)
-            return fast, slow
 
-        fast, slow = asyncio.run(main())
-    assert [r for r, _, _ in fast] == [r for r, _, _ in slow]
-    assert [len(r) for r, _, _ in fast] == [1, 3, 2]
-    first = fast[0][0][0]
+        got = asyncio.run(main())
+    assert [len(r) for r, _, _ in got] == [1, 3, 2]
+    first = got[0][0][0]
     assert first.content == "answer 0 to hi " * 3
     assert first.reasoning == "thinking " * 4
-    assert fast[2][0][1].finish_reason == "length"
-    assert all((ttft is not None) == stream for _, _, ttft in fast)
+    assert [r.content for r in got[1][0]] == [f"answer {i} to three " * 3 for i in range(3)]
+    assert got[2][0][1].finish_reason == "length"
+    assert all((ttft is not None) == stream for _, _, ttft in got)
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_keep_alive_reuses_one_connection(stream):
     with MockServer(lambda r: "ok", stream_chunk_chars=1) as srv:
 
-        async def main() -> LeanTransport:
-            client, through_httpx = lean_client()
-            async with client:
+        async def main() -> None:
+            async with session() as client:
                 for i in range(20):
                     body = {**CHAT, "seed": i, "stream": stream}
                     replies, _, _ = await send(
                         client, srv.base_url + "/chat/completions", body, True, stream, {}
                     )
                     assert replies[0].content == "ok"
-                assert through_httpx == []
-            return client._transport
 
-        transport = asyncio.run(main())
-    assert transport.connections_opened == 1
+        asyncio.run(main())
     assert srv.stats.connections_opened == 1
+
+
+def test_pool_bounds_connections_and_keeps_them_busy():
+    with MockServer(lambda r: "ok", latency=0.05) as srv:
+
+        async def main() -> None:
+            async with session(16) as client:
+
+                async def one(i: int) -> None:
+                    body = {**CHAT, "messages": [{"role": "user", "content": str(i)}]}
+                    await send(client, srv.base_url + "/chat/completions", body, True, False, {})
+
+                await asyncio.gather(*(one(i) for i in range(160)))
+
+        asyncio.run(main())
+        stats = srv.stats.snapshot()
+    assert stats["max_open_connections"] <= 16
+    assert stats["max_in_flight"] == 16
+    assert stats["connections_opened"] == 16  # no churn: every connection is reused
 
 
 def test_content_length_and_chunked_replies_on_one_connection():
@@ -273,28 +258,51 @@ def test_content_length_and_chunked_replies_on_one_connection():
     ]
 
     async def main() -> None:
-        async with Wire(answering(*replies)) as wire:
-            client, through_httpx = lean_client()
-            async with client:
-                for _ in replies:
-                    got, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                    assert got[0].content == "x" * 300 + "€"
-            assert through_httpx == []
-            assert wire.connections == 1
+        async with Wire(answering(*replies)) as wire, session() as client:
+            for _ in replies:
+                got, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+                assert got[0].content == "x" * 300 + "€"
+        assert wire.connections == 1
 
     asyncio.run(main())
 
 
-def test_connection_close_reply_is_not_reused():
+@pytest.mark.parametrize(
+    ("reply", "reused"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\n" + message(), False),  # no length: the body ends at EOF
+        (b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(message()), message()), False),
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s"
+            % (len(message()), message()),
+            True,
+        ),
+        (http(message(), headers=b"Connection: close\r\n"), False),
+        (b"HTTP/1.0 200 OK\r\n\r\n" + message(), False),  # HTTP/1.0 read until close
+    ],
+    ids=["until-close", "http10", "http10-keep-alive", "connection-close", "http10-until-close"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_framing_and_keep_alive_rules(reply, reused, stream):
+    if stream:  # the same framings around an SSE body
+        events = sse(event("o"), event("k", "stop"))
+        reply = reply.replace(message(), events).replace(
+            str(len(message())).encode(), str(len(events)).encode()
+        )
+
+    async def handler(wire: Wire, reader, writer) -> None:
+        while await wire.request(reader) is not None:
+            writer.write(reply)
+            await writer.drain()
+            if not reused:
+                return
+
     async def main() -> None:
-        close = http(message(), headers=b"Connection: close\r\n")
-        async with Wire(answering(close, http(message()))) as wire:
-            client, _ = lean_client()
-            async with client:
-                for _ in range(3):
-                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                    assert replies[0].content == "ok"
-            assert wire.connections == 2
+        async with Wire(handler) as wire, session() as client:
+            for _ in range(2):
+                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, stream, {})
+                assert replies[0].content == "ok"
+        assert wire.connections == (1 if reused else 2)
 
     asyncio.run(main())
 
@@ -306,14 +314,13 @@ def test_connection_the_server_closed_while_idle_is_not_reused():
         await writer.drain()
 
     async def main() -> None:
-        async with Wire(handler) as wire:
-            client, _ = lean_client()
-            async with client:
-                await send(client, wire.url + "/c", CHAT, True, False, {})
-                await wire.closed.wait()  # the server closed the (now idle) connection
-                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                assert replies[0].content == "ok"
-                assert client._transport.connections_opened == 2
+        async with Wire(handler) as wire, session() as client:
+            await send(client, wire.url + "/c", CHAT, True, False, {})
+            await wire.closed.wait()  # the server closed the (now idle) connection
+            await asyncio.sleep(0.05)
+            replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+            assert replies[0].content == "ok"
+        assert wire.connections == 2
 
     asyncio.run(main())
 
@@ -327,18 +334,98 @@ def test_server_closing_without_a_byte_is_a_free_retry():
             await writer.drain()
 
     async def main() -> None:
-        async with Wire(handler) as wire:
-            client, through_httpx = lean_client()
-            async with client:
-                for stream in (False, True):
-                    wire.connections = 0
-                    with pytest.raises(RetryableError) as info:
-                        await send(client, wire.url + "/c", CHAT, True, stream, {})
-                    assert info.value.free
-                    assert "without sending" in str(info.value)
+        async with Wire(handler) as wire, session() as client:
+            for stream in (False, True):
+                wire.connections = 0
+                with pytest.raises(RetryableError) as info:
+                    await send(client, wire.url + "/c", CHAT, True, stream, {})
+                assert info.value.free
+                assert "disconnected" in str(info.value)
+            replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+            assert replies[0].content == "ok"
+
+    asyncio.run(main())
+
+
+def test_close_after_stream_costs_no_attempt():
+    """llama.cpp closes the connection after a streamed reply: the next request must not fail
+    for good (a closed idle connection is not reused, or it is a free retry)."""
+    with MockServer(lambda r: "ok", close_after_stream=True) as srv:
+
+        async def main() -> None:
+            async with session() as client:
+                url = srv.base_url + "/chat/completions"
+                body = {**CHAT, "stream": True}
+                for _ in range(10):  # back to back, no pause for the FIN
+                    for _attempt in range(4):
+                        try:
+                            replies, _, _ = await send(client, url, body, True, True, {})
+                            break
+                        except RetryableError as exc:
+                            assert exc.free
+                    assert replies[0].content == "ok"
+            assert srv.stats.completed == 10
+
+        asyncio.run(main())
+
+
+def test_cookies_a_server_sets_are_sent_back():
+    first = http(message(), headers=b"Set-Cookie: route=r7; Path=/\r\n")
+
+    async def main() -> None:
+        async with Wire(answering(first, http(message()))) as wire, session() as client:
+            for _ in range(3):
                 replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
                 assert replies[0].content == "ok"
-            assert through_httpx == []
+        assert b"cookie: route=r7" not in wire.requests[0].lower()
+        assert all(b"cookie: route=r7" in r.lower() for r in wire.requests[1:])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_compressed_replies_are_decoded(encoding, stream):
+    if stream:
+        raw = sse(event("", role="assistant"), event("zip"), event("ped", "stop"))
+    else:
+        raw = message("zipped")
+    packed = gzip.compress(raw, mtime=0) if encoding == "gzip" else zlib.compress(raw)
+    header = b"Content-Encoding: %s\r\n" % encoding.encode()
+    reply = chunked(packed, 10, header) if stream else http(packed, headers=header)
+
+    async def main() -> None:
+        async with Wire(answering(reply)) as wire, session() as client:
+            for _ in range(2):
+                replies, _, ttft = await send(client, wire.url + "/c", CHAT, True, stream, {})
+                assert replies[0].content == "zipped"
+                assert (ttft is not None) == stream
+        assert wire.connections == 1
+
+    asyncio.run(main())
+
+
+def test_large_reply_in_many_writes_and_replies_read_at_once_keep_their_bytes():
+    async def handler(wire: Wire, reader, writer) -> None:
+        while (request := await wire.request(reader)) is not None:
+            tag = json.loads(request.partition(b"\r\n\r\n")[2])["seed"]
+            body = message(f"{tag:04d}" * 100_000)  # 400 kB, each says which request it answers
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 50_000):
+                writer.write(body[i : i + 50_000])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with Wire(handler) as wire, session(8) as client:
+
+            async def one(i: int) -> None:
+                body = {**CHAT, "seed": i}
+                replies, _, _ = await send(client, wire.url + "/c", body, True, False, {})
+                assert replies[0].content == f"{i:04d}" * 100_000
+
+            await asyncio.gather(*(one(i) for i in range(24)))
+        assert wire.connections == 8
 
     asyncio.run(main())
 
@@ -361,46 +448,28 @@ def stalling(first: bytes = b"") -> Handler:
 )
 def test_read_timeout_frees_the_connection(first):
     async def main() -> None:
-        async with Wire(stalling(first)) as wire:
-            client, _ = lean_client(read=0.2)
-            async with client:
-                for stream in (False, True):
-                    with pytest.raises(RetryableError, match=r"timed out \(ReadTimeout\)"):
-                        await send(client, wire.url + "/c", CHAT, True, stream, {})
-                assert client._transport._count == 0
+        async with Wire(stalling(first)) as wire, session(1, read=0.2) as client:
+            for stream in (False, True):
+                with pytest.raises(RetryableError, match=r"timed out \(ReadTimeout\)"):
+                    await send(client, wire.url + "/c", CHAT, True, stream, {})
+        assert wire.connections == 2  # the pool of one was free again for the second
 
     asyncio.run(main())
 
 
-def test_pool_timeout_and_connect_errors():
-    async def main() -> None:
-        async with Wire(stalling()) as wire:
-            client, _ = lean_client(1, pool=0.1)
-            async with client:
-                first = asyncio.ensure_future(send(client, wire.url + "/c", CHAT, True, False, {}))
-                while client._transport._count == 0:
-                    await asyncio.sleep(0)
-                with pytest.raises(RetryableError, match=r"timed out \(PoolTimeout\)"):
-                    await send(client, wire.url + "/c", CHAT, True, False, {})
-                first.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await first
-                assert client._transport._count == 0
-                with pytest.raises(RetryableError, match="cannot connect"):
-                    await send(client, "http://127.0.0.1:9/v1/c", CHAT, True, False, {})
-
-    asyncio.run(main())
-
-
-def test_cancelled_stream_frees_its_connection():
+def test_connect_errors_and_a_cancelled_stream_frees_its_connection():
     async def main() -> None:
         head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        async with Wire(stalling(head + b"9\r\ndata: {}\n\r\n")) as wire:
-            client, _ = lean_client(1)
-            async with client:
+        async with Wire(stalling(head + b"9\r\ndata: {}\n\r\n")) as wire, session(1) as client:
+            for _ in range(2):
                 with pytest.raises(asyncio.TimeoutError):
                     await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 0.2)
-                assert client._transport._count == 0
+            assert wire.connections == 2
+            with pytest.raises(RetryableError, match="cannot connect") as info:
+                await send(client, "http://127.0.0.1:9/v1/c", CHAT, True, False, {})
+            assert "Is it running? Set its URL with --sb-set model.base_url=http://" in (
+                info.value.unreachable or ""
+            )
 
     asyncio.run(main())
 
@@ -411,37 +480,30 @@ def test_cancelled_stream_frees_its_connection():
         (http(b"bad key", "401 Unauthorized"), FatalEndpointError, "rejected the credentials"),
         (http(b"no", "403 Forbidden"), FatalEndpointError, "HTTP 403"),
         (http(b'{"error": "what?"}', "400 Bad Request"), RequestFailed, 'HTTP 400: {"error": "what?"}'),
-        (http(b"", "302 Found", b"Location: /v1/elsewhere\r\n"), RequestFailed, "HTTP 302"),
         (http(b"slow down", "429 Too Many", b"Retry-After: 2\r\n"), RetryableError, "HTTP 429"),
         (http(b"caf\xe9", "503 Busy", b"Content-Type: text/plain; charset=latin-1\r\n"), RetryableError, "HTTP 503: café"),
         (http(gzip.compress(b"zipped oops", mtime=0), "500 Oops", b"Content-Encoding: gzip\r\n"), RetryableError, "HTTP 500: zipped oops"),
         (chunked(b"chunked oops", 3).replace(b"200 OK", b"502 Bad Gateway"), RetryableError, "HTTP 502: chunked oops"),
     ],
-    ids=["401", "403", "400", "302", "429", "503-latin-1", "500-gzip", "502-chunked"],
+    ids=["401", "403", "400", "429", "503-latin-1", "500-gzip", "502-chunked"],
 )  # fmt: skip
-def test_status_classification_as_through_httpx(reply, error, text):
-    async def main() -> list[tuple[type, str, Any]]:
-        async with Wire(answering(reply)) as wire:
-            client, through_httpx = lean_client()
-            seen = []
-            async with client:
-                for fast in (True, False):
-                    if not fast:
-                        httpx_path(client)
-                    for stream in (False, True):
-                        with pytest.raises(error) as info:
-                            await send(client, wire.url + "/c", CHAT, True, stream, {})
-                        seen.append((type(info.value), str(info.value), info.value))
-                assert len(through_httpx) == 2
-            assert len(wire.requests) == 4  # no redirect followed, no retry
-            assert wire.connections == 1
-            return seen
+def test_status_classification(reply, error, text):
+    async def main() -> list[BaseException]:
+        seen = []
+        async with Wire(answering(reply)) as wire, session() as client:
+            for stream in (False, True):
+                with pytest.raises(error) as info:
+                    await send(client, wire.url + "/c", CHAT, True, stream, {})
+                seen.append(info.value)
+        assert len(wire.requests) == 2  # no retry inside send
+        assert wire.connections == 1
+        return seen
 
     seen = asyncio.run(main())
-    assert text in seen[0][1]
-    assert len({(kind, message) for kind, message, _ in seen}) == 1
-    if isinstance(seen[0][2], RetryableError):
-        assert {e.retry_after for _, _, e in seen} == {2.0 if "429" in text else None}
+    assert text in str(seen[0])
+    assert str(seen[0]) == str(seen[1])
+    if isinstance(seen[0], RetryableError):
+        assert {e.retry_after for e in seen} == {2.0 if "429" in text else None}
 
 
 @pytest.mark.parametrize(
@@ -449,12 +511,16 @@ def test_status_classification_as_through_httpx(reply, error, text):
     [
         b"HTTP/1.1 200 OK\r\nContent-Le",  # cut in the head
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
         http(message())[:-10],  # cut in the body
         chunked(message(), 5)[:-20],
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX",
+        http(b"\x1f\x8b not gzip", headers=b"Content-Encoding: gzip\r\n"),
     ],
-    ids=["cut-head", "not-http", "cut-body", "cut-chunks", "bad-chunk-size"],
-)
+    ids=["cut-head", "not-http", "bad-status", "bad-length", "cut-body", "cut-chunks", "bad-chunk-size", "bad-chunk-end", "bad-gzip"],
+)  # fmt: skip
 def test_broken_replies_cost_an_attempt(reply):
     async def handler(wire: Wire, reader, writer) -> None:
         await wire.request(reader)
@@ -462,104 +528,93 @@ def test_broken_replies_cost_an_attempt(reply):
         await writer.drain()
 
     async def main() -> None:
-        async with Wire(handler) as wire:
-            client, _ = lean_client()
-            async with client:
-                for stream in (False, True):
-                    with pytest.raises(RetryableError, match="connection dropped") as info:
-                        await send(client, wire.url + "/c", CHAT, True, stream, {})
-                    assert not info.value.free
-                assert client._transport._count == 0
+        async with Wire(handler) as wire, session(1) as client:
+            for stream in (False, True):
+                with pytest.raises(RetryableError) as info:
+                    await send(client, wire.url + "/c", CHAT, True, stream, {})
+                assert not info.value.free, info.value
+                assert not info.value.unreachable
 
     asyncio.run(main())
 
 
 def test_non_json_body_is_retryable_and_keeps_the_connection():
     async def main() -> None:
-        async with Wire(answering(http(b"<html>502</html>"), http(message()))) as wire:
-            client, _ = lean_client()
-            async with client:
-                with pytest.raises(RetryableError, match="malformed reply: body is not JSON"):
-                    await send(client, wire.url + "/c", CHAT, True, False, {})
-                replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                assert replies[0].content == "ok"
-            assert wire.connections == 1
-
-    asyncio.run(main())
-
-
-# --------------------------------------------------------------------------- httpx's share
-
-
-def test_set_cookie_moves_the_client_to_the_httpx_path():
-    first = http(message(), headers=b"Set-Cookie: route=r7; Path=/\r\n")
-
-    async def main() -> None:
-        async with Wire(answering(first, http(message()))) as wire:
-            client, through_httpx = lean_client()
-            async with client:
-                for _ in range(3):
-                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                    assert replies[0].content == "ok"
-                assert client.cookies.get("route") == "r7"
-                assert len(through_httpx) == 2
-        assert b"cookie: route=r7" not in wire.requests[0].lower()
-        assert all(b"cookie: route=r7" in r.lower() for r in wire.requests[1:])
+        async with (
+            Wire(answering(http(b"<html>502</html>"), http(message()))) as wire,
+            session() as client,
+        ):
+            with pytest.raises(RetryableError, match="malformed reply: body is not JSON"):
+                await send(client, wire.url + "/c", CHAT, True, False, {})
+            replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
+            assert replies[0].content == "ok"
+        assert wire.connections == 1
 
     asyncio.run(main())
 
 
 @pytest.mark.parametrize(
-    "setup",
-    [
-        lambda c: setattr(c, "auth", httpx.BasicAuth("u", "p")),
-        lambda c: c.cookies.set("a", "b"),
-        lambda c: setattr(c, "params", {"q": "1"}),
-        lambda c: setattr(c, "event_hooks", {"request": [], "response": [_no_op]}),
-        lambda c: setattr(c, "follow_redirects", True),
-    ],
-    ids=["auth", "cookie", "params", "hook", "redirects"],
-)
-def test_unusual_clients_go_through_httpx(setup):
-    moved = http(b"", "307 Moved", b"Location: /v1/there\r\n")
-
-    async def main() -> None:
-        async with Wire(answering(moved, http(message("there")))) as wire:
-            client, through_httpx = lean_client()
-            setup(client)
-            async with client:
-                if client.follow_redirects:
-                    replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
-                    assert replies[0].content == "there"
-                else:
-                    with pytest.raises(RequestFailed, match="HTTP 307"):
-                        await send(client, wire.url + "/c", CHAT, True, False, {})
-            assert through_httpx
-
-    asyncio.run(main())
-
-
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+    ("fault", "expected"),
+    [("reset", "transport error|connection dropped"), ("cut", "connection dropped"), ("garbage", "malformed")],
+)  # fmt: skip
 @pytest.mark.parametrize("stream", [False, True])
-def test_compressed_replies_are_decoded(encoding, stream):
-    if stream:
-        raw = sse(event("", role="assistant"), event("zip"), event("ped", "stop"))
-    else:
-        raw = message("zipped")
-    packed = gzip.compress(raw, mtime=0) if encoding == "gzip" else zlib.compress(raw)
-    header = b"Content-Encoding: %s\r\n" % encoding.encode()
-    reply = chunked(packed, 10, header) if stream else http(packed, headers=header)
+def test_mock_server_faults_cost_an_attempt_then_succeed(fault, expected, stream):
+    with MockServer(lambda r: "a long enough answer " * 20, faults=force(fault)) as srv:
+
+        async def main() -> None:
+            async with session(2) as client:
+                url = srv.base_url + "/chat/completions"
+                body = {**CHAT, "stream": stream}
+                with pytest.raises(RetryableError, match=expected) as info:
+                    await send(client, url, body, True, stream, {})
+                assert not info.value.free
+                replies, _, _ = await send(client, url, body, True, stream, {})
+                assert replies[0].content.startswith("a long enough answer")
+
+        asyncio.run(main())
+
+
+def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
+    with MockServer(lambda r: "ok", faults=force("stall", stall_seconds=5)) as srv:
+
+        async def stall() -> None:
+            async with session(2, read=0.3) as client:
+                url = srv.base_url + "/chat/completions"
+                with pytest.raises(RetryableError, match="ReadTimeout"):
+                    await send(client, url, CHAT, True, False, {})
+                replies, _, _ = await send(client, url, CHAT, True, False, {})
+                assert replies[0].content == "ok"
+
+        asyncio.run(stall())
+    with MockServer(lambda r: "ok", faults=force("429", retry_after=0.6)) as srv:
+
+        async def too_many() -> None:
+            async with session(2) as client:
+                url = srv.base_url + "/chat/completions"
+                for stream in (False, True):
+                    body = {**CHAT, "stream": stream}
+                    with pytest.raises(RetryableError) as info:
+                        await send(client, url, body, True, stream, {})
+                    assert info.value.retry_after == 0.6
+                    assert "HTTP 429" in str(info.value)
+                    replies, _, _ = await send(client, url, body, True, stream, {})
+                    assert replies[0].content == "ok"
+
+        asyncio.run(too_many())
+
+
+def test_engine_endpoint_sizes_its_pool_to_max_concurrency():
+    from pytest_servebench.config import ModelConfig
+    from pytest_servebench.engine import Endpoint
 
     async def main() -> None:
-        async with Wire(answering(reply)) as wire:
-            client, through_httpx = lean_client()
-            async with client:
-                for _ in range(2):
-                    replies, _, ttft = await send(client, wire.url + "/c", CHAT, True, stream, {})
-                    assert replies[0].content == "zipped"
-                    assert (ttft is not None) == stream
-            assert through_httpx == []
-            assert wire.connections == 1
+        config = ModelConfig(name="m", source="test", max_concurrency=7, connect_timeout=3.0)
+        endpoint = Endpoint(config, {})
+        assert endpoint.client.settings == Settings(
+            name="m", max_connections=7, connect_timeout=3.0, read_timeout=600.0
+        )
+        assert endpoint.client.session.connector.limit == 7
+        await endpoint.client.aclose()
 
     asyncio.run(main())
 
@@ -575,9 +630,8 @@ def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
     with MockServer(responder, stream_chunk_chars=chunk_chars) as srv:
 
         async def main() -> None:
-            client, through_httpx = lean_client()
             body = {**CHAT, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
-            async with client:
+            async with session() as client:
                 for _ in range(3):
                     replies, latency, ttft = await send(
                         client, srv.base_url + "/chat/completions", body, True, True, {}
@@ -591,10 +645,9 @@ def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
                     assert replies[0].prompt_tokens == 1
                     assert sum(r.completion_tokens for r in replies) == 14
                     assert 0 < ttft <= latency
-            assert through_httpx == []
-            assert client._transport.connections_opened == 1
 
         asyncio.run(main())
+        assert srv.stats.connections_opened == 1
 
 
 def pieces_of(data: bytes, cuts: list[int]) -> Callable[[], Awaitable[bytes]]:
@@ -697,11 +750,12 @@ def test_error_event_ends_the_stream_at_once():
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
     async def main() -> None:
-        async with Wire(stalling(head + b"%x\r\n%s\r\n" % (len(body), body))) as wire:
-            client, _ = lean_client(read=30)
-            async with client:
-                with pytest.raises(RetryableError, match=r"error inside stream: .*boom"):
-                    await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 5)
+        async with (
+            Wire(stalling(head + b"%x\r\n%s\r\n" % (len(body), body))) as wire,
+            session(read=30) as client,
+        ):
+            with pytest.raises(RetryableError, match=r"error inside stream: .*boom"):
+                await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 5)
 
     asyncio.run(main())
 
@@ -726,12 +780,10 @@ def test_ttft_is_taken_at_the_first_token():
             await writer.drain()
 
     async def main() -> None:
-        async with Wire(handler) as wire:
-            client, _ = lean_client()
-            async with client:
-                _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
-                assert 0.29 <= ttft <= latency
-                _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
-                assert ttft < 0.3 <= latency
+        async with Wire(handler) as wire, session() as client:
+            _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
+            assert 0.29 <= ttft <= latency
+            _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
+            assert ttft < 0.3 <= latency
 
     asyncio.run(main())
