@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DatasetConfig, ModelConfig
+from .connection import environment_proxies
 from .datasets import Case, Dataset, expand
 from .jobs import Job, RunAborted
 from .remote import RemoteEngine, RemoteRun
@@ -274,6 +275,9 @@ class Run:
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:
             redactor.add(model.api_key())
+            redactor.add_url(model.proxy)
+        for proxy in environment_proxies().values():
+            redactor.add_url(proxy)
             for name, value in model.resolved_headers().items():
                 if is_secret_header(name):
                     redactor.add(value)

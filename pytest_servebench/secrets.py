@@ -84,6 +84,8 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         """Redact secrets inside nested config data, and blank secret-looking headers."""
         if isinstance(value, str):
+            if "://" in value and "@" in value:  # a URL with credentials (a proxy's)
+                return redact_url(self(value))
             return self(value)
         if isinstance(value, dict):
             out = {}
