@@ -615,6 +615,7 @@ class MockServer:
         close_after_stream: bool = False,
         stream_chunk_chars: int = 8,
         include_stream_usage: bool = True,
+        ssl: Any = None,
     ) -> None:
         if stream_chunk_chars < 1:
             raise ValueError("stream_chunk_chars must be >= 1")
@@ -634,6 +635,7 @@ class MockServer:
         self.close_after_stream = close_after_stream
         self.stream_chunk_chars = int(stream_chunk_chars)
         self.include_stream_usage = include_stream_usage
+        self.ssl = ssl  # an ssl.SSLContext (server side): serve https
         self.stats = MockStats()
         self._state_lock = threading.Lock()
         self._attempts: dict[str, int] = {}  # body key -> requests seen
@@ -661,13 +663,18 @@ class MockServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}/v1"
 
     async def start_async(self) -> MockServer:
         """Start listening on the running event loop."""
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: _Conn(self), self.host, self.port, backlog=4096, reuse_address=True
+            lambda: _Conn(self),
+            self.host,
+            self.port,
+            backlog=4096,
+            reuse_address=True,
+            ssl=self.ssl,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
