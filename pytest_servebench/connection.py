@@ -46,22 +46,23 @@ def _check_path(path: str, what: str) -> Path:
 
 
 def tls_context(
-    verify: bool | str, cert: str | list[str] | None, trust_env: bool, field: str
+    verify: bool | str, cert: str | list[str] | None, trust_env: bool, name: str
 ) -> tuple[ssl.SSLContext, str]:
     """The SSL context for https, and a description of the CA certificates it trusts.
 
     verify false: no checks; a path: that CA bundle (file) or hashed folder; true: with
     `trust_env`, SSL_CERT_FILE / SSL_CERT_DIR / REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE when set,
-    else certifi's bundle (httpx's default) and the system's trust store."""
+    else certifi's bundle (httpx's default) and the system's trust store. `name`: the model
+    config's, for messages."""
     try:
         if verify is False:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            source = f"none ({field}.verify is false: certificates are not checked)"
+            source = f"none ({name}.verify is false: certificates are not checked)"
         elif isinstance(verify, str):
-            context = _trusting(_check_path(verify, f"{field}.verify"))
-            source = f"{verify} ({field}.verify)"
+            context = _trusting(_check_path(verify, f"{name}.verify"))
+            source = f"{verify} ({name}.verify)"
         else:
             env = {name: os.environ[name] for name in CA_ENV if trust_env and os.environ.get(name)}
             if env:
@@ -87,11 +88,20 @@ def tls_context(
         context.set_alpn_protocols(["http/1.1"])
         if cert:
             files = [cert] if isinstance(cert, str) else list(cert)
-            paths = [_check_path(f, f"{field}.cert") for f in files]
-            context.load_cert_chain(str(paths[0]), str(paths[1]) if len(paths) > 1 else None)
+            paths = [_check_path(f, f"{name}.cert") for f in files]
+            # password: never a prompt on the terminal for an encrypted key, an error instead
+            context.load_cert_chain(
+                str(paths[0]), str(paths[1]) if len(paths) > 1 else None, password=_no_password
+            )
     except ssl.SSLError as exc:
-        raise EndpointSetupError(f"cannot load the TLS settings of {field}: {exc}") from None
+        raise EndpointSetupError(f"cannot load the TLS settings of {name}: {exc}") from None
     return context, source
+
+
+def _no_password() -> str:
+    raise EndpointSetupError(
+        "the client certificate's key is encrypted; give `cert` a key without a passphrase"
+    )
 
 
 def _trusting(*paths: Path) -> ssl.SSLContext:
@@ -109,22 +119,16 @@ class Proxies:
     """Which proxy a URL goes through: the config's `proxy` for every URL, else (with
     `trust_env`) HTTP_PROXY / HTTPS_PROXY / ALL_PROXY unless NO_PROXY names the host."""
 
-    def __init__(self, proxy: str | None, trust_env: bool, field: str) -> None:
+    def __init__(self, proxy: str | None, trust_env: bool) -> None:
         self.explicit = proxy or None
-        self.env: dict[str, str] = {}
-        if self.explicit is None and trust_env:
-            self.env = environment_proxies()
-        self._cache: dict[tuple[str, str], str | None] = {}
-        for name, url in self._named():
-            check_proxy_url(url, name)
-        self.field = field
-
-    def _named(self) -> list[tuple[str, str]]:
         if self.explicit:
-            return [("proxy", self.explicit)]
-        return [(f"{k.upper()}_PROXY", v) for k, v in self.env.items() if k != "no"]
+            check_proxy_url(self.explicit, "proxy")
+        self.env = environment_proxies() if self.explicit is None and trust_env else {}
+        self._cache: dict[tuple[str, str], str | None] = {}
 
     def for_url(self, scheme: str, host: str, port: int | None) -> str | None:
+        """The proxy URL, or None (direct). EndpointSetupError when the environment names
+        a proxy aiohttp cannot use (SOCKS)."""
         key = (scheme, f"{host}:{port}" if port else host)
         if key not in self._cache:
             self._cache[key] = self._choose(scheme, host, port)
@@ -133,13 +137,15 @@ class Proxies:
     def _choose(self, scheme: str, host: str, port: int | None) -> str | None:
         if self.explicit:
             return self.explicit
-        proxy = self.env.get(scheme) or self.env.get("all")
+        variable = scheme if self.env.get(scheme) else "all"
+        proxy = self.env.get(variable)
         if not proxy:
             return None
         if "no" in self.env:
             target = f"{host}:{port}" if port else host
             if urllib.request.proxy_bypass_environment(target, self.env):
                 return None
+        check_proxy_url(proxy, f"environment variable {variable.upper()}_PROXY")
         return proxy
 
 
@@ -203,9 +209,9 @@ class Session:
         self.ca_source = ""
         self._setup_error: EndpointSetupError | None = None
         try:
-            self.proxies = Proxies(settings.proxy, settings.trust_env, settings.name)
+            self.proxies = Proxies(settings.proxy, settings.trust_env)
         except EndpointSetupError as exc:  # reported by the first request, as other failures
-            self.proxies = Proxies(None, False, settings.name)
+            self.proxies = Proxies(None, False)
             self._setup_error = exc
         self._request_kwargs: dict[str, Any] = {
             "allow_redirects": settings.follow_redirects,
