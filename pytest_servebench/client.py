@@ -10,14 +10,20 @@ own only until the first token (for the time to first token), the rest in one js
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import Session, parse_url
+# Imported with this module, so in the engine's process at its start (which overlaps
+# pytest's start-up), not on the first request's path (~0.25 s).
+import aiohttp
+
+from .connection import EndpointSetupError, Session, parse_url
 from .secrets import redact_url, redactor
 
 # The JSON encoding of request bodies (httpx's, which earlier versions sent).
@@ -195,13 +201,6 @@ def _proxy_rejected(session: Session, url: str) -> FatalEndpointError:
 def describe(exc: BaseException, url: str, session: Session) -> Exception:
     """The error (RetryableError, FatalEndpointError, RequestFailed) for an exception raised
     while sending to `url`, with a message that names what failed and what to do."""
-    import asyncio
-    import ssl
-
-    import aiohttp
-
-    from .connection import EndpointSetupError
-
     name = session.settings.name
     scheme, host, port = _where(url)
     target = f"{host}:{port}" if port else host

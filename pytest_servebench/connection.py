@@ -233,6 +233,7 @@ class Session:
         if self._setup_error is not None:
             raise self._setup_error
         s = self.settings
+        # Made even for an http:// base_url: a redirect to https must use the same trust.
         self._ssl, self.ca_source = tls_context(s.verify, s.cert, s.trust_env, s.name)
         connector = aiohttp.TCPConnector(
             limit=s.max_connections,

@@ -441,6 +441,20 @@ def test_307_308_chains_keep_method_and_body(status, stream):
     assert srv.stats.completed == 1
 
 
+def test_redirect_from_http_to_https_uses_the_verify_setting(pki):
+    with MockServer(lambda r: "upgraded", ssl=pki.server_context()) as srv:
+
+        async def main() -> None:
+            async with (
+                Redirector(srv.base_url, 308) as hop,
+                client(verify=str(pki.ca_file)) as session,
+            ):
+                assert await ask(session, hop.url + "/v1") == "upgraded"
+
+        run(main())
+        assert srv.stats.completed == 1
+
+
 def test_redirect_to_another_origin_drops_the_authorization_header():
     async def main() -> None:
         async with Redirector("", 200) as target:  # records heads (its 200 has no body)
