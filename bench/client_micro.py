@@ -1,14 +1,15 @@
 """CPU time per request of client.send, against the mock server in its own process.
 
-The engine's client shares the GIL with pytest, so its CPU time per request (nearly all of it
-GIL time) is what limits an evaluation against a fast server. Replies are GSM8K-like, as in
-bench/run.py (a short chain of thought and an answer, streamed in 8-character pieces).
+The engine's CPU time per request is what limits an evaluation against a fast server once
+pytest's side is faster (and, with `--sb-engine thread`, it shares pytest's GIL). Replies are
+GSM8K-like, as in bench/run.py (a short chain of thought and an answer, streamed in
+8-character pieces).
 
-    python bench/client_micro.py [--requests 5000] [--concurrency 256] [--paths fast httpx]
+    python bench/client_micro.py [--requests 5000] [--concurrency 256]
     python bench/client_micro.py --src /tmp/before   # another copy of pytest_servebench
 
-Paths: "fast" is send() as the engine calls it; "httpx" is the same client with an event hook,
-which sends through httpx.AsyncClient (what every request paid before the fast path).
+"fast" is send() on the engine's client (connection.Session, aiohttp). Copies from before
+aiohttp (--src) have the lean transport; there, "httpx" sends through httpx.AsyncClient.
 """
 
 from __future__ import annotations
