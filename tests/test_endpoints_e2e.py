@@ -122,7 +122,23 @@ def test_untrusted_certificate_stops_the_run_with_one_message(pytester, https_se
     assert f"TLS certificate of 127.0.0.1:{https_server.port} is not trusted" in out
     assert "--sb-set vllm_chat.verify=" in out
     assert "Set its URL" not in out and "http://HOST" not in out
+    assert out.count("is not trusted") <= 3  # one message, not one per case
+    assert result.parseoutcomes().get("errors", 0) == 1
     assert completion_requests(https_server) == 0
+
+
+def test_unreachable_proxy_stops_the_run_naming_it_redacted(pytester, gsm8k_server):
+    proxy = "http://bob:hunter2pw@127.0.0.1:9"
+    result = pytester.runpytest_subprocess(
+        *args(gsm8k_server.base_url, "--sb-set", f"vllm_chat.proxy={proxy}")
+    )
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret != 0
+    assert "cannot connect to the proxy http://***@127.0.0.1:9" in out
+    assert "hunter2pw" not in out
+    assert "--sb-set vllm_chat.proxy=" in out
+    assert result.parseoutcomes().get("errors", 0) == 1
+    assert completion_requests(gsm8k_server) == 0
 
 
 class _Redirect(BaseHTTPRequestHandler):
