@@ -268,8 +268,20 @@ def describe(exc: BaseException, url: str, session: Session) -> Exception:
     ):
         # "Server disconnected" before any reply, or the request could not even be written:
         # a pooled keep-alive connection that the server had already closed (llama.cpp
-        # does this after streamed replies).
-        return RetryableError(f"connection dropped: {exc}", free=True)
+        # does this after streamed replies). If it never answers at all, the run stops:
+        # over TLS 1.3 that is how a server refuses a client without a certificate.
+        hint = ""
+        if scheme == "https" and not session.settings.cert:
+            hint = (
+                f"; an HTTPS server that wants a client certificate does this: set the model "
+                f"config's `cert` (--sb-set {name}.cert=/path/to/client.pem, or [CERT, KEY])"
+            )
+        return RetryableError(
+            f"connection dropped: {exc}",
+            free=True,
+            unreachable=f"the server for model {name!r} at {target}{_via(session, url)} "
+            f"closed every connection without answering{hint}",
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         seconds = session.settings.connect_timeout
         handshake = " (TCP connect and TLS handshake)" if scheme == "https" else ""

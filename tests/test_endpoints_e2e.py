@@ -172,3 +172,30 @@ def test_a_307_hop_in_front_of_the_server(pytester, gsm8k_server):
     assert_all_answered(result)
     assert completion_requests(gsm8k_server) == CASES
     assert handler.seen.count("POST /v1/chat/completions") == CASES
+
+
+def test_mutual_tls_run_and_the_message_without_a_client_certificate(
+    pytester, demo_records, tmp_path
+):
+    ca = trustme.CA()
+    ca_path, client_path = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    ca.issue_cert("me@example.test").private_key_and_cert_chain_pem.write_to_path(str(client_path))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    responder = dataset_responder(demo_records, p_correct=0.6, seed=1)
+    with MockServer(responder, ssl=context) as server:
+        verify = ("--sb-set", f"vllm_chat.verify={ca_path}")
+        refused = pytester.runpytest_subprocess(*args(server.base_url, *verify))
+        served = pytester.runpytest_subprocess(
+            *args(server.base_url, *verify, "--sb-set", f"vllm_chat.cert={client_path}"),
+            "--sb-work-dir",
+            "out2",
+        )
+    out = refused.stdout.str() + refused.stderr.str()
+    assert refused.ret != 0
+    assert "--sb-set vllm_chat.cert=" in out
+    assert refused.parseoutcomes().get("errors", 0) == 1
+    assert_all_answered(served)
