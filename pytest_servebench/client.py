@@ -11,6 +11,7 @@ own only until the first token (for the time to first token), the rest in one js
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import re
 import ssl
@@ -270,17 +271,11 @@ def describe(exc: BaseException, url: str, session: Session) -> Exception:
         # a pooled keep-alive connection that the server had already closed (llama.cpp
         # does this after streamed replies). If it never answers at all, the run stops:
         # over TLS 1.3 that is how a server refuses a client without a certificate.
-        hint = ""
-        if scheme == "https" and not session.settings.cert:
-            hint = (
-                f"; an HTTPS server that wants a client certificate does this: set the model "
-                f"config's `cert` (--sb-set {name}.cert=/path/to/client.pem, or [CERT, KEY])"
-            )
         return RetryableError(
             f"connection dropped: {exc}",
             free=True,
             unreachable=f"the server for model {name!r} at {target}{_via(session, url)} "
-            f"closed every connection without answering{hint}",
+            f"closed every connection without answering{_cert_hint(session, scheme)}",
         )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         seconds = session.settings.connect_timeout
@@ -296,10 +291,29 @@ def describe(exc: BaseException, url: str, session: Session) -> Exception:
     if isinstance(exc, aiohttp.ClientResponseError):
         return RetryableError(f"malformed reply: {exc.message}")
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return RetryableError(f"transport error: {type(exc).__name__}: {exc}")
+        reset = getattr(exc, "errno", None) == errno.ECONNRESET
+        return RetryableError(
+            f"transport error: {type(exc).__name__}: {exc}",
+            unreachable=f"the server for model {name!r} at {target}{_via(session, url)} "
+            f"reset every connection without answering{_cert_hint(session, scheme)}"
+            if reset
+            else None,
+        )
     if isinstance(exc, UnicodeError):
         return RetryableError(f"malformed reply: {exc}")
     raise exc
+
+
+def _cert_hint(session: Session, scheme: str) -> str:
+    """Why an https server may close or reset connections without a word (TLS 1.3: the
+    client's certificate is checked after the handshake)."""
+    if scheme != "https" or session.settings.cert:
+        return ""
+    return (
+        f"; an HTTPS server that wants a client certificate does this: set the model "
+        f"config's `cert` (--sb-set {session.settings.name}.cert=/path/to/client.pem, or "
+        f"[CERT, KEY])"
+    )
 
 
 def _tls_failure(exc: BaseException, url: str, session: Session) -> Exception:
@@ -467,7 +481,7 @@ async def list_models(session: Session, base_url: str, headers: dict[str, str]) 
     except Exception as exc:
         error = describe(exc, url, session)
         if isinstance(error, RetryableError):
-            raise FatalEndpointError(error.unreachable or str(error)) from None
+            raise FatalEndpointError(error.unreachable or f"GET {url} failed: {error}") from None
         raise error from None
     text = body.decode("utf-8", "replace")
     if status != 200:
