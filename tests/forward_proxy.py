@@ -56,6 +56,11 @@ class ForwardProxy:
             async def stop() -> None:
                 if self._server is not None:
                     self._server.close()
+                # tunnels still open: end them here, not when the loop is gone
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
 
             asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
             loop.call_soon_threadsafe(loop.stop)
