@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .evaluators import Evaluator, strip_reasoning
+from .evaluators.limits import EvaluatorTimeout
+from .evaluators.registry import InvalidJudgement
 
 TRUNCATED_REASONS = ("length",)
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def evaluator_failure(evaluator: Evaluator, exc: Exception) -> str:
+    """The case's error when its evaluator raised: the exception and the user's own frames
+    (this package's frames say nothing about the user's bug)."""
+    name = getattr(evaluator, "target", None) or getattr(evaluator, "name", "evaluator")
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not str(Path(f.filename).resolve()).startswith(_PACKAGE)
+    ]
+    if isinstance(exc, (InvalidJudgement, EvaluatorTimeout)):
+        return str(exc)  # says it all; the user's frames are not the problem
+    lines = [f"evaluator {name!r} failed: {type(exc).__name__}: {exc}"]
+    if frames:
+        lines.append("Traceback (the evaluator's frames, most recent call last):")
+        lines += [line.rstrip("\n") for line in traceback.format_list(frames[-8:])]
+    return "\n".join(lines)
 
 
 def judge_case(
@@ -23,6 +46,7 @@ def judge_case(
     votes: list[str | None] = []
     errors = truncated = unparsable = 0
     first_error = None
+    judged_error = False  # an evaluator failure, not a request failure
     for record in records:
         if not record.get("ok"):
             errors += 1
@@ -35,7 +59,16 @@ def judge_case(
             truncated += 1
         if mode == "infer":
             continue
-        judgement = evaluator.judge(strip_reasoning(record.get("content") or ""), reference)
+        try:
+            judgement = evaluator.judge(strip_reasoning(record.get("content") or ""), reference)
+        except Exception as exc:  # the user's code: its failure is this case's error
+            errors += 1
+            judged_error = True
+            first_error = first_error or evaluator_failure(evaluator, exc)
+            correct.append(False)
+            scores.append(0.0)
+            votes.append(None)
+            continue
         if judgement.extracted is None:
             unparsable += 1
         correct.append(bool(judgement.correct))
@@ -58,6 +91,7 @@ def judge_case(
         "truncated": truncated,
         "unparsable": unparsable,
         "error": first_error,
+        "error_kind": ("evaluator" if judged_error else "request") if errors else None,
         "reference": reference,
         "extracted": votes[0] if votes else None,
         "latency": round(sum(latencies) / len(latencies), 4) if latencies else None,

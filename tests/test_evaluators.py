@@ -699,3 +699,31 @@ def test_never_crashes(text, spec):
     assert isinstance(judgement, Judgement)
     assert judgement.score in (0.0, 1.0)
     assert judgement.correct is (judgement.score == 1.0)
+
+
+def test_user_function_invalid_returns_and_time_limit(tmp_path):
+    from pytest_servebench.evaluators.limits import EvaluatorTimeout
+    from pytest_servebench.evaluators.registry import InvalidJudgement
+
+    path = tmp_path / "odd.py"
+    path.write_text(
+        "import time\n"
+        "def yes(o, r): return 'yes'\n"
+        "def nan(o, r): return float('nan')\n"
+        "def inf(o, r): return float('inf')\n"
+        "def hang(o, r): time.sleep(60)\n"
+    )
+    for name, shown in (("yes", "str 'yes'"), ("nan", "float nan"), ("inf", "float inf")):
+        with pytest.raises(InvalidJudgement, match="must return True/False") as info:
+            get_evaluator(f"{path}:{name}").judge("q", "r")
+        assert shown in str(info.value)
+    with pytest.raises(ValueError, match="time_limit"):
+        get_evaluator({"type": f"{path}:hang", "time_limit": 0})
+    ev = get_evaluator({"type": f"{path}:hang", "time_limit": 0.2})
+    assert ev.identity() == get_evaluator(f"{path}:hang").identity()  # no verdict changes
+    start = time.perf_counter()
+    for _ in range(5):  # three time-outs in a row, then it is no longer called
+        with pytest.raises(EvaluatorTimeout):
+            ev.judge("q", "r")
+    assert time.perf_counter() - start < 1.5
+    assert pickle.loads(pickle.dumps(ev)).time_limit == 0.2

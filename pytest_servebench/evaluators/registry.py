@@ -22,12 +22,27 @@ from typing import Any
 
 from .base import Evaluator, Judgement, as_text, make_identity
 from .choice import ChoiceEvaluator
+from .limits import EvaluatorTimeout, call_with_time_limit
 from .math_answer import MathEvaluator
 from .numeric import GSM8KEvaluator, NumericEvaluator
 from .text import ExactEvaluator, RegexEvaluator
 
 #: Bump whenever the way user functions are called or their results are read changes.
 FUNCTION_VERSION = 1
+#: Seconds a user function may take to judge one output (evaluator parameter `time_limit`).
+DEFAULT_TIME_LIMIT = 30.0
+#: Time-outs in a row after which a user function is no longer called in this run.
+MAX_TIMEOUTS = 3
+
+
+class InvalidJudgement(TypeError):
+    """A user evaluator returned something that is not a verdict."""
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 EvaluatorFactory = Callable[..., Evaluator]
 
@@ -202,6 +217,7 @@ class FunctionEvaluator:
         *,
         threshold: float = 1.0,
         version: str | int | None = None,
+        time_limit: float = DEFAULT_TIME_LIMIT,
         **kwargs: Any,
     ) -> None:
         self.target = target
@@ -209,6 +225,13 @@ class FunctionEvaluator:
         if isinstance(threshold, bool) or not isinstance(threshold, Real):
             raise ValueError(f"parameter 'threshold' must be a number, got {threshold!r}")
         self.threshold = float(threshold)
+        if isinstance(time_limit, bool) or not isinstance(time_limit, Real) or not time_limit > 0:
+            raise ValueError(
+                f"parameter 'time_limit' must be a number of seconds above 0, got {time_limit!r}"
+            )
+        # Not part of the identity: it changes no verdict of a function that returns in time.
+        self.time_limit = float(time_limit)
+        self._strikes = 0  # time-outs in a row
         if version is not None and not isinstance(version, (str, int)):
             raise ValueError(f"parameter 'version' must be a string or integer, got {version!r}")
         self.version = version
@@ -228,6 +251,7 @@ class FunctionEvaluator:
             "target": self.target,
             "threshold": self.threshold,
             "version": self.version,
+            "time_limit": self.time_limit,
             "kwargs": self.kwargs,
         }
 
@@ -236,6 +260,7 @@ class FunctionEvaluator:
             state["target"],
             threshold=state["threshold"],
             version=state["version"],
+            time_limit=state.get("time_limit", DEFAULT_TIME_LIMIT),
             **state["kwargs"],
         )
 
@@ -251,7 +276,26 @@ class FunctionEvaluator:
             return str(raw)
 
     def judge(self, output: str, reference: str) -> Judgement:
-        result = self._fn(as_text(output), reference, **self.kwargs)
+        if self._strikes >= MAX_TIMEOUTS:
+            # A function that hangs on every output would cost time_limit per case.
+            raise EvaluatorTimeout(
+                f"user evaluator {self.target!r} was not called: it timed out or was "
+                f"interrupted {MAX_TIMEOUTS} times in a row in this run"
+            )
+        try:
+            result = call_with_time_limit(
+                self.time_limit, self._fn, as_text(output), reference, **self.kwargs
+            )
+        except EvaluatorTimeout:
+            self._strikes += 1
+            raise EvaluatorTimeout(
+                f"user evaluator {self.target!r} did not return within its time limit of "
+                f"{self.time_limit:g}s (set evaluator parameter time_limit to change it)"
+            ) from None
+        except KeyboardInterrupt:
+            self._strikes = MAX_TIMEOUTS  # Ctrl-C while it ran: never call it again this run
+            raise
+        self._strikes = 0
         if isinstance(result, Judgement):
             return result
         extracted = as_text(output).strip() or None
@@ -260,12 +304,12 @@ class FunctionEvaluator:
             return Judgement(extracted, ok, 1.0 if ok else 0.0)
         if isinstance(result, Real):
             score = float(result)
-            if math.isnan(score):
-                raise ValueError(f"user evaluator {self.target!r} returned NaN")
-            return Judgement(extracted, score >= self.threshold - 1e-12, score)
-        raise TypeError(
-            f"user evaluator {self.target!r} must return bool, a number or Judgement, "
-            f"got {type(result).__name__}"
+            if math.isfinite(score):
+                return Judgement(extracted, score >= self.threshold - 1e-12, score)
+        raise InvalidJudgement(
+            f"user evaluator {self.target!r} must return True/False, a finite number (the "
+            f"score; correct when >= threshold {self.threshold:g}) or a Judgement(extracted, "
+            f"correct, score); it returned {type(result).__name__} {_preview(result)}"
         )
 
     def identity(self) -> str:
