@@ -184,6 +184,27 @@ def read_records(
             yield i + 1, record
 
 
+def _utf8_checked(
+    path: Path, fmt: str, columns: list[str] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """read_records, with a file that is not UTF-8 reported at its first bad line."""
+    try:
+        yield from read_records(path, fmt, columns)
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8-sig")
+            at, line = exc.start, None
+        except UnicodeDecodeError as whole:
+            at, line = whole.start, data.count(b"\n", 0, whole.start) + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[at]:02x} cannot be decoded); convert the file "
+            f"to UTF-8, e.g. iconv -f latin1 -t utf-8",
+            path,
+            line,
+        ) from None
+
+
 # -- LaTeX escape repair -----------------------------------------------------------------------
 
 #: Bump when the repair rules change (feeds the dataset version).
@@ -530,7 +551,7 @@ class Dataset:
             if not path.is_file():
                 raise DatasetMissingError(self.missing_message(path))
             extra = self.subset_fields(subset)
-            for index, (lineno, record) in enumerate(read_records(path, cfg.format, cfg.columns)):
+            for index, (lineno, record) in enumerate(_utf8_checked(path, cfg.format, cfg.columns)):
                 if self.limit is not None and index >= self.limit:
                     break
                 case_id = self._case_id(index, record, path, lineno)
@@ -562,6 +583,12 @@ class Dataset:
                 # field, or the raw choices, would otherwise stay in memory for every case.
                 used = tuple(record[name] for name in names)
                 cases.append(Case(case_id, len(cases), used, reference, subset, names=names))
+        if not cases:
+            files = ", ".join(str(self.path_for(s)) for s in self.subset_names)
+            raise ConfigError(
+                f"dataset {cfg.name!r} has no records: {files} holds none; put records in it "
+                f"(one JSON object per line for .jsonl) or choose another dataset"
+            )
         return cases
 
     def _case_id(self, index: int, record: dict[str, Any], path: Path, lineno: int) -> str:

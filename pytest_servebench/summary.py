@@ -36,7 +36,7 @@ def build_rows(results: Sequence[TaskResult]) -> tuple[list[str], list[list[str]
                 value = str(counts[metric])
             elif metric == "served":
                 value = f"{counts['evaluated'] - counts['errors']}/{counts['cases']}"
-            elif not r.complete:
+            elif not r.complete or metric not in figures:
                 value = "-"  # never show a partial figure as if it covered the dataset
             else:
                 value = f"{figures[metric]:.2f}"
