@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
-from .yamlio import line_of
+from .yamlio import line_of, mark_origin
 
 NoneType = type(None)
 MODEL_TYPES = ("openai-chat", "openai-completions")
@@ -116,10 +116,46 @@ class ModelConfig:
             )
         if self.max_concurrency < 1:
             raise ConfigError(
-                "max_concurrency must be at least 1", self.source, line_of(raw, "max_concurrency")
+                f"max_concurrency must be at least 1, got {self.max_concurrency}",
+                self.source,
+                line_of(raw, "max_concurrency"),
             )
         if self.retries < 0:
-            raise ConfigError("retries must be 0 or more", self.source, line_of(raw, "retries"))
+            raise ConfigError(
+                f"retries must be 0 or more, got {self.retries}",
+                self.source,
+                line_of(raw, "retries"),
+            )
+        for key in ("connect_timeout", "read_timeout", "request_timeout"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:  # NaN fails too
+                none = " (or null: no limit)" if key == "request_timeout" else ""
+                raise ConfigError(
+                    f"{key} must be a number of seconds above 0{none}, got {value}",
+                    self.source,
+                    line_of(raw, key),
+                )
+        for key in ("retry_backoff", "retry_backoff_max"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(
+                    f"{key} must be 0 seconds or more, got {getattr(self, key)}",
+                    self.source,
+                    line_of(raw, key),
+                )
+        samples = self.generation_kwargs.get("num_return_sequences", 1)
+        if samples is not None and (
+            isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+        ):
+            raise ConfigError(
+                f"generation_kwargs.num_return_sequences must be a whole number of at least 1, "
+                f"got {samples!r}",
+                self.source,
+                line_of(
+                    raw.get("generation_kwargs") if isinstance(raw, dict) else None,
+                    "num_return_sequences",
+                )
+                or line_of(raw, "generation_kwargs"),
+            )
         self.abbr = self.abbr or self.name
         self.model = self.model or ""
         if not self.base_urls:
@@ -421,15 +457,22 @@ def build(cls: type, name: str, source: str, raw: Any) -> Any:
     return config
 
 
-def apply_override(raw: dict[str, Any], dotted: list[str], value: Any) -> None:
-    """Set raw[a][b][c] = value for dotted path a.b.c, creating mappings as needed."""
+def apply_override(
+    raw: dict[str, Any], dotted: list[str], value: Any, origin: str | None = None
+) -> None:
+    """Set raw[a][b][c] = value for dotted path a.b.c, creating mappings as needed. `origin`
+    (the option's text) is what error messages about these keys point at."""
     node = raw
     for part in dotted[:-1]:
+        if origin:
+            mark_origin(node, part, origin)
         child = node.get(part)
         if not isinstance(child, dict):
             child = {}
             node[part] = child
         node = child
+    if origin:
+        mark_origin(node, dotted[-1], origin)
     node[dotted[-1]] = value
 
 

@@ -12,11 +12,14 @@ class ServebenchError(Exception):
 class ConfigError(ServebenchError):
     """A config or data file is wrong; names the file, the line and what was expected."""
 
-    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
+    def __init__(self, message: str, path: str | Path | None = None, line: int | str | None = None):
         self.path = str(path) if path is not None else None
         self.line = line
         where = ""
-        if self.path:
+        if isinstance(line, str):  # the value came from an option (--sb-set), not the file
+            where = f"{line}: "
+            message += f" (the option overrides {self.path})" if self.path else ""
+        elif self.path:
             where = self.path + (f":{line}" if line else "") + ": "
         super().__init__(where + message)
 

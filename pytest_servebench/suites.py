@@ -248,7 +248,7 @@ def _load_one(
     if entry.data is not None:  # a data file: named by its stem (`--sb-set qa.FIELD=...`)
         name = entry.name
     for dotted, value in overrides.get(name, []):
-        apply_override(raw, dotted, value)
+        apply_override(raw, dotted, value, f"--sb-set {name}.{'.'.join(dotted)}={value}")
     return build(cls, name, str(entry.path), raw)
 
 

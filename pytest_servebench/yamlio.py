@@ -15,6 +15,7 @@ class LineDict(dict):
 
     lines: dict[str, int]
     start_line: int = 0
+    origins: dict[str, str] | None = None  # key -> the option that overrode it
 
 
 class _Loader(yaml.SafeLoader):
@@ -66,10 +67,23 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"not valid YAML: {exc}", path) from None
 
 
-def line_of(data: Any, key: str) -> int | None:
+def line_of(data: Any, key: str) -> int | str | None:
+    """Where a key's value was set: its line in the YAML file, or the option that
+    overrode it (a string such as "--sb-set vllm_chat.read_timeout=0")."""
     if isinstance(data, LineDict):
+        origins = getattr(data, "origins", None)
+        if origins and key in origins:
+            return origins[key]
         return data.lines.get(key, data.start_line or None)
     return None
+
+
+def mark_origin(data: Any, key: str, origin: str) -> None:
+    """Remember that `key` of a loaded mapping was set by an option, for error messages."""
+    if isinstance(data, LineDict):
+        if getattr(data, "origins", None) is None:
+            data.origins = {}
+        data.origins[key] = origin
 
 
 def parse_scalar(text: str) -> Any:
