@@ -222,6 +222,10 @@ def resolve(config: pytest.Config) -> Options | None:
     if requested is None:
         return None
     models, datasets, remembered, from_ini = requested
+    continuing = bool(remembered) and (
+        list(models or []) == list(remembered.get("models") or [])
+        and list(datasets or []) == list(remembered.get("datasets") or [])
+    )
     if not models or not datasets:
         missing = "--sb-datasets" if models else "--sb-models"
         raise ServebenchError(
@@ -240,7 +244,10 @@ def resolve(config: pytest.Config) -> Options | None:
     mode = get("sb_mode") or _ini(config, "sb_mode") or "all"
     if mode not in MODES:
         raise ServebenchError(f"sb_mode must be one of {', '.join(MODES)}, got {mode!r}")
-    overrides = list(get("sb_set") or _ini(config, "sb_set") or remembered.get("overrides") or [])
+    # --lf/--ff continue the remembered run: overrides given now add to (and, for the same
+    # field, win over) the remembered ones instead of replacing them all.
+    overrides = list(remembered.get("overrides") or []) if continuing else []
+    overrides = _last_per_field([*overrides, *(get("sb_set") or _ini(config, "sb_set") or [])])
     suites = list(get("sb_suites") or _ini(config, "sb_suites") or remembered.get("suites") or [])
     work_dir = (
         get("sb_work_dir")
@@ -275,6 +282,16 @@ def resolve(config: pytest.Config) -> Options | None:
         engine=get("sb_engine") or ("thread" if sys.platform == "win32" else "process"),
         from_ini=from_ini,
     )
+
+
+def _last_per_field(overrides: list[str]) -> list[str]:
+    """One override per NAME.FIELD, the last given, in the order they were last given."""
+    last: dict[str, str] = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        last.pop(key, None)
+        last[key] = item
+    return list(last.values())
 
 
 def _has(config: pytest.Config, name: str) -> bool:
