@@ -338,7 +338,9 @@ def _json_replies(content: bytes, chat: bool) -> list[Reply]:
     try:
         data = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RetryableError("malformed reply: body is not JSON") from None
+        # What came instead (a proxy's HTML page, a login form) says what is wrong.
+        start = " ".join(content[:160].decode("utf-8", "replace").split())
+        raise RetryableError(f"malformed reply: body is not JSON: {start!r}") from None
     return parse_reply_json(data, chat)[0]
 
 
