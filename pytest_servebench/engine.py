@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -20,9 +21,33 @@ from .client import FatalEndpointError, RequestFailed, RetryableError, list_mode
 from .config import ModelConfig
 from .connection import Session, Settings
 from .jobs import Job, Progress, RunAborted, unbuilt
-from .store import PredictionWriter
+from .secrets import is_secret_header, redactor
+from .store import PredictionWriter, disk_error_message
 
 log = logging.getLogger("servebench.engine")
+
+#: Connection failures in a row (across every request in flight) that, once a request has
+#: used up its retries with no reply from the endpoint since it started, stop the run.
+BREAKER_STREAK = 3
+
+
+def _endpoint_down(exc: RetryableError) -> bool:
+    """Whether a failure says the endpoint is not there (no connection), rather than that
+    one request went wrong. The client may say so itself; else its message does."""
+    flag = getattr(exc, "unreachable", None)
+    if flag is not None:
+        return bool(flag)
+    text = str(exc)
+    return text.startswith(("cannot connect", "connection dropped")) or "ConnectTimeout" in text
+
+
+def _status_of(exc: Exception) -> int | None:
+    """The HTTP status of a refused request ("HTTP 404: ...")."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    match = re.match(r"HTTP (\d{3})\b", str(exc))
+    return int(match.group(1)) if match else None
 
 
 # asyncio.timeout (3.11+) bounds the request inside its own task; wait_for makes a new task
@@ -63,12 +88,21 @@ class Endpoint:
     def __init__(self, config: ModelConfig, headers: dict[str, str]):
         self.config = config
         self.headers = headers
+        # This process's messages and records name these URLs: keep their credentials out.
+        for url in config.base_urls:
+            redactor.add_url(url)
+        for name, value in headers.items():
+            if is_secret_header(name):
+                redactor.add(value.removeprefix("Bearer ").strip())
+                redactor.add(value)
         self.semaphore = asyncio.Semaphore(config.max_concurrency)
         self.client = Session(Settings.of(config))  # TLS, proxy, redirects: connection.py
         self.urls = config.base_urls
         self._next = 0
         self._avoid_until = [0.0] * len(self.urls)
         self.successes = 0
+        self.last_success = 0.0  # monotonic time of the last reply
+        self.down_streak = 0  # connection failures in a row, across every request in flight
         self.model_name: str | None = config.model or None
         self._model_lock = asyncio.Lock()
 
@@ -137,20 +171,30 @@ class TaskRun:
         self._done: dict[str, list[dict[str, Any]]] = {}
         self._wanted: str | None = None  # the case the main thread waits for
         self._error: BaseException | None = None
-        self._partial: dict[str, list[dict[str, Any] | None]] = {}
+        self._partial: dict[str, dict[int, dict[str, Any]]] = {}
+        # Samples awaited per case when fewer than all are sent (the others were saved by an
+        # earlier run: resume sends only the missing or failed samples).
+        self._expected: dict[str, int] = {}
         # The cases whose requests are still to be built; the engine process gets them in
         # instalments (`fed` is set when more arrive, `feed_done` once the last one has).
         self.pending: deque[str] = deque(order)
         self.fed: asyncio.Event | None = None
         self.feed_done = True
 
+    def expect(self, case_id: str, jobs: list[Job]) -> None:
+        """The jobs built for a case: its records are complete once these are in."""
+        count = sum(job.count for job in jobs)
+        if count != self.samples:
+            self._expected[case_id] = count
+
     def deliver(self, case_id: str, records: list[dict[str, Any]], first: int) -> None:
-        slots = self._partial.setdefault(case_id, [None] * self.samples)
+        slots = self._partial.setdefault(case_id, {})
         for offset, record in enumerate(records):
             slots[first + offset] = record
-        if all(s is not None for s in slots):
+        if len(slots) >= self._expected.get(case_id, self.samples):
             del self._partial[case_id]
-            self.complete(case_id, slots)  # type: ignore[arg-type]
+            self._expected.pop(case_id, None)
+            self.complete(case_id, [slots[k] for k in sorted(slots)])
 
     def complete(self, case_id: str, records: list[dict[str, Any]]) -> None:
         """Every sample of a case is in: hand the case over to the main thread."""
@@ -271,6 +315,8 @@ class Engine:
 
     def launch(self, run: TaskRun) -> None:
         """Start sending the requests of `run` (on the engine's loop)."""
+        if run.writer.on_error is None:
+            run.writer.on_error = self._disk_failed
         self._runs.append(run)
         self._tasks.append(asyncio.get_running_loop().create_task(self._drive(run)))
 
@@ -283,7 +329,9 @@ class Engine:
             while not jobs and pending:
                 case_id = pending.popleft()
                 try:
-                    jobs.extend(run.make_jobs(case_id))
+                    built = run.make_jobs(case_id)
+                    run.expect(case_id, built)
+                    jobs.extend(built)
                 except Exception as exc:  # the case fails; the worker and the run go on
                     log.exception("%s %s: cannot build the request", run.key, case_id)
                     run.deliver(case_id, unbuilt(case_id, run.samples, exc), 0)
@@ -325,6 +373,7 @@ class Engine:
         latency = 0.0
         ttft: float | None = None
         async with endpoint.semaphore:
+            started = time.monotonic()
             while True:
                 if self.stopping:
                     return
@@ -344,6 +393,8 @@ class Engine:
                     progress.received += 1
                     endpoint.mark(replica, True)
                     endpoint.successes += 1
+                    endpoint.last_success = time.monotonic()
+                    endpoint.down_streak = 0
                     error = None
                     break
                 except asyncio.TimeoutError:
@@ -358,16 +409,41 @@ class Engine:
                     return
                 if isinstance(exc, RequestFailed):
                     error = str(exc)
+                    if _status_of(exc) == 404 and endpoint.successes == 0:
+                        # Every request goes to the same path with the same model name.
+                        self._abort(
+                            f"the server at {url} answered {exc} for model "
+                            f"{job.body.get('model')!r} before any request succeeded: check "
+                            f"{config.name}'s `model:` and `base_url` (the URL ends in /v1)"
+                        )
+                        return
                     break
                 assert isinstance(exc, RetryableError)
                 if exc.free and free_retries < 3:
                     free_retries += 1
                     attempts -= 1
                     continue
+                down = _endpoint_down(exc)
+                if down:
+                    endpoint.down_streak += 1
                 if attempts > config.retries:
                     error = f"{exc} (after {attempts} attempts)"
                     if exc.unreachable and endpoint.successes == 0:
                         self._abort(exc.unreachable)
+                        return
+                    if (
+                        down
+                        and endpoint.last_success < started
+                        and endpoint.down_streak >= BREAKER_STREAK
+                    ):
+                        # Circuit breaker: the endpoint stopped answering. Every request in
+                        # flight would fail the same way after its own retries.
+                        self._abort(
+                            f"the server for model {config.name!r} stopped answering: "
+                            f"{endpoint.down_streak} connection attempts failed in a row and "
+                            f"none succeeded for {time.monotonic() - started:.1f}s ({exc}); "
+                            f"what finished is saved: resume once it is back"
+                        )
                         return
                     break
                 progress.retried += 1
@@ -415,7 +491,7 @@ class Engine:
                         ttft=None if ttft is None else round(ttft, 4),
                     )
             else:
-                record["error"] = error
+                record["error"] = redactor(error)
             records.append(record)
         for record in records:
             if record["sample"] == 0:
@@ -425,6 +501,8 @@ class Engine:
                 run.writer.write({**record, "prompt": prompt, "reference": job.reference})
             else:
                 run.writer.write(record)
+            if run.writer.failed is not None:
+                return  # not saved: not done (the run is aborted)
             if record["ok"]:
                 progress.finished += 1
             else:
@@ -439,10 +517,13 @@ class Engine:
         run.deliver(job.case_id, records, job.first)
         self.on_progress(False)
 
+    def _disk_failed(self, writer: PredictionWriter, exc: OSError) -> None:
+        self._abort(disk_error_message(writer.path, exc))
+
     def _abort(self, message: str) -> None:
         if self.fatal is None:
-            self.fatal = message
-            log.error("run aborted: %s", message)
+            self.fatal = redactor(message)
+            log.error("run aborted: %s", self.fatal)
         self.stopping = True
         for run in self._runs:
             run.abort(RunAborted(self.fatal))
@@ -468,9 +549,10 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for endpoint in self._endpoints.values():
-            await endpoint.client.aclose()
+            with contextlib.suppress(Exception):
+                await endpoint.client.aclose()
         for run in self._runs:
-            run.writer.close()
+            run.writer.close()  # a write error is kept on the writer, never raised here
 
     @property
     def runs(self) -> list[TaskRun]:

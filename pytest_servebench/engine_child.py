@@ -152,10 +152,13 @@ class Child(asyncio.Protocol):
 
     def _flush(self) -> None:
         if self._outbox:
-            for run_id in {run_id for run_id, _, _ in self._outbox}:
+            outbox, self._outbox = self._outbox, []
+            for run_id in {run_id for run_id, _, _ in outbox}:
                 self.runs[run_id].writer.flush()  # on disk before pytest counts it as done
-            self.send(("done", self._outbox))
-            self._outbox = []
+            # A case whose prediction could not be written is not done (the run aborts).
+            saved = [entry for entry in outbox if self.runs[entry[0]].writer.failed is None]
+            if saved:
+                self.send(("done", saved))
 
     def abort(self, message: str) -> None:
         if not self._aborted:

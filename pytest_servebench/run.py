@@ -17,7 +17,7 @@ from .remote import RemoteEngine, RemoteRun
 from .request_body import build_body, generation_kwargs, request_hash
 from .scoring import judge_case
 from .secrets import is_secret_header, redactor
-from .store import PredictionWriter, WorkDir, load_predictions
+from .store import PredictionWriter, WorkDir, disk_error_message, load_predictions
 
 if TYPE_CHECKING:
     from .engine import Engine, TaskRun
@@ -69,6 +69,7 @@ class TaskState:
         self.run = run
         self.handle: TaskRun | RemoteRun | None = None
         self.ready: dict[str, list[dict[str, Any]]] = {}
+        self.kept: dict[str, list[dict[str, Any]]] = {}  # saved samples of a case being resent
         self.started = False
         # The records handed over, kept only while a plugin may run a case again (Run.keep_taken)
         self.taken: dict[str, list[dict[str, Any]]] = {}
@@ -111,6 +112,7 @@ class TaskState:
         to_send: list[str] = []
         by_id: dict[str, Case] = {}
         resuming = bool(self.saved) or bool(self.run.options.reuse)
+        kept_jobs: dict[str, set[int]] = {}  # case -> first sample of each job not sent again
         for case in cases:
             if not self.run.options.resend and self.saved:
                 # The hash holds the configured model name: no need to ask the server yet.
@@ -119,27 +121,43 @@ class TaskState:
                 if records is not None:
                     self.ready[case.id] = records
                     continue
+                # k samples: send only the samples that are missing or failed.
+                kept = [(job, r) for job in jobs if (r := self._reusable([job], self.saved))]
+                if kept:
+                    kept_jobs[case.id] = {job.first for job, _ in kept}
+                    self.kept[case.id] = [record for _, records in kept for record in records]
             to_send.append(case.id)
             by_id[case.id] = case
         if to_send:
             model_name = engine.model_name(self.task.model)
-            writer = PredictionWriter(self.run.work.predictions_file(*self.file_key))
+            path = self.run.work.predictions_file(*self.file_key)
+            try:
+                writer = PredictionWriter(path)
+            except OSError as exc:
+                engine.fatal = engine.fatal or disk_error_message(path, exc)
+                raise RunAborted(engine.fatal) from None
             self.handle = engine.start(
                 self.task.key,
                 self.task.model,
                 writer,
                 self.task.samples,
                 to_send,
-                lambda cid: self.jobs_for(by_id[cid], model_name),
+                lambda cid: [
+                    job
+                    for job in self.jobs_for(by_id[cid], model_name)
+                    if job.first not in kept_jobs.get(cid, ())
+                ],
             )
         self.saved.clear()  # what we need was copied out; free the memory
         if resuming:
             k = self.task.samples
             per_case = 1 if k > 1 and self.task.model.supports_n else k
             reused = sum(len(records) for records in self.ready.values())
+            reused += sum(len(records) for records in self.kept.values())
+            sending = sum(per_case - len(kept_jobs.get(cid, ())) for cid in to_send)
             self.resume_note = (
                 f"{self.task.key}: reused {reused} saved answers, sending "
-                f"{len(to_send) * per_case} (work dir {self.run.work.root})"
+                f"{sending} (work dir {self.run.work.root})"
             )
             log.info("resume: %s", self.resume_note)
 
@@ -210,6 +228,11 @@ class TaskState:
         while True:
             records = handle.wait(case_id, 0.5)
             if records is not None:
+                kept = self.kept.pop(case_id, None)
+                if kept:
+                    by_sample = {r["sample"]: r for r in kept}
+                    by_sample.update((r["sample"], r) for r in records)
+                    records = [by_sample[k] for k in sorted(by_sample)]
                 return records
             self.run.on_wait()  # the progress view stays live while a case is slow
 
@@ -275,12 +298,14 @@ class Run:
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:
             redactor.add(model.api_key())
+            for url in model.base_urls:
+                redactor.add_url(url)  # user:password@ and ?api_key= in a URL
             redactor.add_url(model.proxy)
-        for proxy in environment_proxies().values():
-            redactor.add_url(proxy)
             for name, value in model.resolved_headers().items():
                 if is_secret_header(name):
                     redactor.add(value)
+        for proxy in environment_proxies().values():
+            redactor.add_url(proxy)
 
     def _headers(self, model: ModelConfig) -> dict[str, str]:
         headers = model.resolved_headers()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,6 +81,106 @@ class WorkDir:
     def summary_base(self, stamp: str) -> Path:
         return self.root / "summary" / f"summary_{stamp}"
 
+    def lock(self) -> WorkDirLock:
+        """Become the only writer of this work dir, or fail with who holds it."""
+        return WorkDirLock.acquire(self.root / LOCK_NAME)
+
+
+LOCK_NAME = ".lock"
+
+
+class WorkDirLock:
+    """One writer per work dir: two runs appending to the same prediction files would send
+    the same requests twice. The lock file says who holds it (pid, host, start time); the
+    lock itself is an flock on it, which the kernel drops when its holder dies, so a lock
+    left by a killed run is never in the way. Without flock (Windows) the file alone is the
+    lock, and one whose pid is gone on this host counts as stale."""
+
+    def __init__(self, path: Path, handle: IO[str]) -> None:
+        self.path = path
+        self._handle: IO[str] | None = handle
+
+    @classmethod
+    def acquire(cls, path: Path) -> WorkDirLock:
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is None:
+            return cls._acquire_by_file(path)
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise ServebenchError(_held_message(path, owner)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(_owner())
+        handle.flush()
+        return cls(path, handle)
+
+    @classmethod
+    def _acquire_by_file(cls, path: Path) -> WorkDirLock:
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = path.read_text(encoding="utf-8", errors="replace").strip()
+                if not _is_stale(owner):
+                    raise ServebenchError(_held_message(path, owner)) from None
+                path.unlink(missing_ok=True)
+                continue
+            handle = os.fdopen(fd, "w", encoding="utf-8")
+            handle.write(_owner())
+            handle.flush()
+            return cls(path, handle)
+        raise ServebenchError(_held_message(path, ""))
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()  # the file stays (unlinking it would race a waiting locker)
+        with contextlib.suppress(OSError):
+            handle.close()
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def _owner() -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n"
+
+
+def _is_stale(owner: str) -> bool:
+    match = re.match(r"pid (\d+) on host (\S+)", owner)
+    if match is None or match.group(2) != socket.gethostname():
+        return match is None  # a lock of another host cannot be checked from here
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _held_message(path: Path, owner: str) -> str:
+    who = f" by {owner}" if owner else ""
+    return (
+        f"the work dir {path.parent} is in use{who}: one run writes a work dir at a time "
+        f"(two would send the same requests twice). Wait for that run to finish, or start a "
+        f"new run without --sb-reuse/--lf."
+    )
+
 
 def list_runs(base: Path) -> list[Path]:
     if not base.is_dir():
@@ -92,11 +194,19 @@ class PredictionWriter:
 
     Inside an event loop the lines written in one step of the loop go out in one flush, at the
     start of its next step: one write call instead of one per request (each write releases the
-    GIL that pytest's thread is waiting for). Outside a loop each line is flushed at once."""
+    GIL that pytest's thread is waiting for). Outside a loop each line is flushed at once.
 
-    def __init__(self, path: Path):
+    A write that fails (a full disk, a folder gone read-only) is never swallowed: `failed`
+    keeps the error, `on_error` hears of it (the engine stops the run), and nothing written
+    after it counts as saved."""
+
+    def __init__(
+        self, path: Path, on_error: Callable[[PredictionWriter, OSError], None] | None = None
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.on_error = on_error
+        self.failed: OSError | None = None
         self._handle: IO[str] | None = None
         self._flush_due = False
 
@@ -110,30 +220,56 @@ class PredictionWriter:
                     handle.write("\n")
         return handle
 
+    def _fail(self, exc: OSError) -> None:
+        if self.failed is None:
+            self.failed = exc
+            if self.on_error is not None:
+                self.on_error(self, exc)
+
     def write(self, record: dict[str, Any]) -> None:
-        if self._handle is None:
-            self._handle = self._open()
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.failed is not None:
+            return
+        try:
+            if self._handle is None:
+                self._handle = self._open()
+            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            self._fail(exc)
+            return
         if self._flush_due:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._handle.flush()
+            self.flush()
             return
         self._flush_due = True
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_due = False
-        if self._handle is not None:
-            self._handle.flush()
+        if self._handle is not None and self.failed is None:
+            try:
+                self._handle.flush()
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self) -> None:
         self._flush_due = False
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as exc:  # the last buffered lines could not be written
+                self._fail(exc)
+
+
+def disk_error_message(path: Path, exc: OSError) -> str:
+    """The run's abort message when predictions cannot be saved."""
+    return (
+        f"cannot save predictions to {path}: {exc.strerror or exc}. What was saved before "
+        f"is kept; free some space (or choose another --sb-work-dir) and resume"
+    )
 
 
 def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -166,7 +302,8 @@ def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
 def write_json(path: Path, data: Any) -> None:
     """Write atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # A name of this process's own: two writers never share a temporary file.
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as handle:
             _dump(data, handle)
