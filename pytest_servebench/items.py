@@ -20,6 +20,27 @@ class RequestError(Exception):
     """The case's request could not be served: reported as an error, not a failure."""
 
 
+class JudgeError(RequestError):
+    """The case's output could not be judged (its evaluator raised, hung or returned
+    something that is not a verdict): an error, not a failure."""
+
+
+# Model output and server text shown on a terminal: control characters (escape sequences,
+# NUL, carriage returns) are shown as visible escapes, never interpreted.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
+
+
+def _error_text(exc: RequestError) -> str:
+    if isinstance(exc, JudgeError):
+        return f"case could not be judged: {printable(str(exc))}"
+    return f"request could not be served: {printable(str(exc))}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control character but tab and newline shown as an escape."""
+    return text.translate(_CONTROL)
+
+
 class WrongAnswer(Exception):
     """The case was served and judged wrong."""
 
@@ -79,7 +100,8 @@ class CaseItem(pytest.Item):
             ("reference", self.verdict["reference"]),
         ]
         if self.verdict["status"] == "error":
-            raise RequestError(self.verdict["error"])
+            kind = JudgeError if self.verdict.get("error_kind") == "evaluator" else RequestError
+            raise kind(self.verdict["error"])
 
     def runtest(self) -> None:
         assert self.verdict is not None
@@ -89,14 +111,18 @@ class CaseItem(pytest.Item):
     def teardown(self) -> None:
         # The reports of setup and call are made: they, and the controller, keep what they
         # need. Outputs and the verdict held here would only grow memory with every case.
+        # A case left without a verdict (the run aborted, or was interrupted) keeps its
+        # record: the summary judges it from the store at the end, which renders it again.
+        judged = self.verdict is not None
         self.records = _NO_RECORDS
         self.verdict = None
-        if not self.collector.state.run.keep_taken:  # a re-run renders the case again
+        # A re-run (pytest-rerunfailures) renders the case again.
+        if judged and not self.collector.state.run.keep_taken:
             self.case.release()
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RequestError):
-            return f"request could not be served: {excinfo.value}"
+            return _error_text(excinfo.value)
         if isinstance(excinfo.value, WrongAnswer) and self.verdict is not None:
             return self._wrong_answer_message()
         return str(super().repr_failure(excinfo, style))
@@ -107,7 +133,7 @@ class CaseItem(pytest.Item):
         # Setup errors are rendered through this path, not repr_failure: a case whose request
         # could not be served gets one line, not an engine traceback.
         if isinstance(excinfo.value, RequestError):
-            return f"request could not be served: {excinfo.value}"
+            return _error_text(excinfo.value)
         if isinstance(excinfo.value, RunAborted):
             # The reason is printed once, in the servebench summary ("aborted: ..."); pytest
             # repeats an item's text in its short summary (in full on CI).
@@ -138,7 +164,7 @@ class CaseItem(pytest.Item):
         ]
         if self.records and self.records[0].get("finish_reason") == "length":
             lines.append("  note     : the output was truncated (finish_reason=length)")
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         # The domain heads the case's section in pytest's failure summary. pytest -v shows the

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -16,17 +18,42 @@ from .aggregate import TaskResult
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
 from .html import register_html
-from .items import NODE_PREFIX, CaseItem, TaskCollector
+from .items import NODE_PREFIX, CaseItem, TaskCollector, printable
 from .jobs import RunAborted
 from .launcher import Launcher, apply_urls
 from .run import Run
 from .scoring import judge_case
 from .secrets import RedactingFilter, redactor
-from .store import WorkDir, load_predictions, new_timestamp, write_json
+from .store import WorkDir, WorkDirLock, load_predictions, new_timestamp, write_json
 from .suites import SuiteIndex, load_configs, named_entries, parse_overrides, search_table
 from .summary import build_rows, comparison_lines, comparisons, render_text, write_summary
 
 log = logging.getLogger("servebench")
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log file. A line that cannot be written (a full disk) is dropped: the run
+    reports the disk problem itself, once, instead of a logging traceback per line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            with contextlib.suppress(OSError):
+                if self.stream is not None:
+                    self.stream.close()  # its buffer is lost; the file's lines so far stay
+            self.stream = None  # type: ignore[assignment]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
 
 
 def suite_folders(config: pytest.Config, extra: list[str]) -> list[tuple[Path, str]]:
@@ -60,6 +87,7 @@ def search(config: pytest.Config) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Registered by entry.py only when the session has an evaluation (options.wanted)."""
+    plugin = None
     try:
         options = opts.resolve(config)
         if options is None:
@@ -68,8 +96,11 @@ def pytest_configure(config: pytest.Config) -> None:
         if not is_worker(config):
             setup_gates(plugin)  # gate files and baseline are checked before any request
     except ServebenchError as exc:
+        if plugin is not None:
+            plugin.release()
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(plugin, "servebench-run")
+    plugin.install_sigterm()
     config.pluginmanager.register(
         perf.PerfPlugin(lambda item: isinstance(item, CaseItem), NODE_PREFIX + "/"),
         "servebench-perf",
@@ -101,17 +132,24 @@ class ServebenchPlugin:
         base = Path(options.work_dir).expanduser()
         if not base.is_absolute():
             base = config.invocation_params.dir / base
+        self.lock: WorkDirLock | None = None
+        self._previous_sigterm: Any = None
         if is_worker(config):
             work = WorkDir(Path(config.workerinput["sb_work_dir"]))  # type: ignore[attr-defined]
             self.stamp = config.workerinput["sb_stamp"]  # type: ignore[attr-defined]
-        elif options.reuse:
-            work = WorkDir.reuse(base, options.reuse)
-            self.stamp = new_timestamp()
-        elif config.option.collectonly:  # IDEs collect on every discovery: write nothing
+        elif options.reuse or not config.option.collectonly:
+            try:
+                work = WorkDir.reuse(base, options.reuse) if options.reuse else WorkDir.create(base)
+                if not config.option.collectonly:
+                    self.lock = work.lock()  # the controller writes; xdist workers share it
+            except OSError as exc:
+                raise ServebenchError(
+                    f"cannot write the work dir under {base}: {exc.strerror or exc} "
+                    f"({exc.filename or base}); choose a writable folder with --sb-work-dir=DIR"
+                ) from None
+            self.stamp = new_timestamp() if options.reuse else work.timestamp
+        else:  # IDEs collect on every discovery: write nothing
             work = WorkDir(base / new_timestamp())
-            self.stamp = work.timestamp
-        else:
-            work = WorkDir.create(base)
             self.stamp = work.timestamp
         datasets_dir = Path(options.datasets_dir).expanduser()
         if not datasets_dir.is_absolute():
@@ -119,6 +157,22 @@ class ServebenchPlugin:
         if is_worker(config):
             # servers were started by the controller: use the URLs it handed over
             apply_urls(models, config.workerinput.get("sb_launched", {}))  # type: ignore[attr-defined]
+        try:
+            self._start(config, options, models, datasets, work, datasets_dir, base)
+        except BaseException:
+            self.release()
+            raise
+
+    def _start(
+        self,
+        config: pytest.Config,
+        options: opts.Options,
+        models: list[Any],
+        datasets: list[Any],
+        work: WorkDir,
+        datasets_dir: Path,
+        base: Path,
+    ) -> None:
         self.run = Run(options, models, datasets, work, datasets_dir.resolve())
         self.launcher = Launcher(work.root / "logs", echo=self._echo)
         self.launched: dict[str, str] = {}
@@ -126,11 +180,19 @@ class ServebenchPlugin:
         self.finished: list[TaskResult] = []  # set before pytest-html's trylast sessionfinish
         # Reports carry prompts and outputs only when a report will show them (pytest-html).
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
-        self.interrupted = False
+        self.interrupted = False  # by the user: Ctrl-C or SIGTERM
         self.abort_message: str | None = None  # from this process or a worker's report
         self.wrong = output.WrongAnswers()
         self._tally: dict[str, tuple[int, int]] = {}  # task -> (passed, judged): live view
-        self._setup_logging()
+        try:
+            self._setup_logging()
+            if not is_worker(config) and not config.option.collectonly:
+                self._snapshot()
+        except OSError as exc:
+            raise ServebenchError(
+                f"cannot write in the work dir {work.root}: {exc.strerror or exc}; choose a "
+                f"writable folder with --sb-work-dir=DIR"
+            ) from None
         self._setup_progress()
         self.debug_tail = (
             debuglog.LogTail(work.root / "logs")
@@ -140,9 +202,30 @@ class ServebenchPlugin:
         if not is_worker(config):
             self._check_rootdir()
             if not config.option.collectonly:
-                self._snapshot()
                 self._remember(base)
         self._warm_up_engine()
+
+    def release(self) -> None:
+        """Give up the work dir's lock (at the end, or when the start failed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def install_sigterm(self) -> None:
+        """SIGTERM (a cancelled CI job) ends the run like Ctrl-C: what finished is saved and
+        the partial summary and the resume command are printed."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def _restore_sigterm(self) -> None:
+        previous, self._previous_sigterm = self._previous_sigterm, None
+        if previous is None or threading.current_thread() is not threading.main_thread():
+            return
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+                signal.signal(signal.SIGTERM, previous)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _setup_logging(self) -> None:
@@ -151,7 +234,7 @@ class ServebenchPlugin:
         handler: logging.Handler = (
             logging.NullHandler()
             if self.config.option.collectonly
-            else logging.FileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
+            else _QuietFileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
         )
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(RedactingFilter())
@@ -199,7 +282,13 @@ class ServebenchPlugin:
     def _setup_progress(self) -> None:
         worker = getattr(self.config, "workerinput", {}).get("workerid", "main")
         publisher = progress.Publisher(self.run.engine, self.run.work.root / "logs", worker)
-        self.run.engine.on_progress = lambda force: publisher.publish(force)
+
+        def publish(force: bool) -> None:
+            # A full disk: the live counters are a nicety, the run goes on (and says why).
+            with contextlib.suppress(OSError):
+                publisher.publish(force)
+
+        self.run.engine.on_progress = publish
         self.view: progress.View | None = None
         self._progress_thread: threading.Thread | None = None
 
@@ -242,7 +331,7 @@ class ServebenchPlugin:
     def _echo(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
-            tr.write_line(line)
+            tr.write_line(redactor(line))
 
     def _start_servers(self) -> None:
         """Managed servers (a model config's `launch:`) start once, in the controller, before
@@ -285,6 +374,8 @@ class ServebenchPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.launcher.stop_all()
         self.launcher.restore_signal_handlers()
+        self._restore_sigterm()
+        self.release()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if is_worker(self.config):
@@ -488,8 +579,14 @@ class ServebenchPlugin:
             passed, judged = self._tally.get(payload["task"], (0, 0))
             self._tally[payload["task"]] = (passed + (payload["status"] == "passed"), judged + 1)
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # xdist stops the controller with its own KeyboardInterrupt when a worker's run was
+        # aborted: that is the abort, not the user.
+        by_xdist = type(excinfo.value).__module__.startswith("xdist")
+        if not (by_xdist and self.abort_message):
+            self.interrupted = True
+            if isinstance(excinfo.value, Terminated):
+                self.terminated = True
 
     def _result_for(self, key: str) -> TaskResult:
         if key not in self.results:
@@ -511,7 +608,11 @@ class ServebenchPlugin:
     # -- finishing -------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.run.close()
+        try:
+            self.run.close()
+        except Exception as exc:  # stopping the engine must never cost the summary
+            log.exception("closing the engine failed")
+            self.finish_error = f"the engine did not stop cleanly: {exc}"
         if self._progress_thread is not None:
             self._progress_stop.set()
         if is_worker(self.config):
@@ -519,13 +620,26 @@ class ServebenchPlugin:
         if self.debug_tail is not None:  # the run's last log lines
             for line in self.debug_tail.poll():
                 self._say(line)
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
+        aborted = self.run.engine.fatal or self.abort_message
+        if exitstatus == pytest.ExitCode.INTERRUPTED and not aborted:
             self.interrupted = True
         try:
             if not self.config.option.collectonly:
                 self._finish()
         except ServebenchError as exc:
             self.finish_error = str(exc)
+        except OSError as exc:  # a full disk, a folder made read-only mid-run
+            self.finish_error = f"the summary could not be written: {exc}"
+            log.error("%s", self.finish_error)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.finish_error = "interrupted while the summary was computed; it is incomplete"
+        # One documented exit status, with and without -n: 2 when the user interrupted,
+        # 1 when the run was cut short (aborted) or its summary could not be written.
+        if self.interrupted:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        elif aborted or getattr(self, "finish_error", None):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         apply_gates(self, session)  # with gates, they decide the exit status
         self._log_handler.close()
 
@@ -547,7 +661,7 @@ class ServebenchPlugin:
                 "timestamp": self.stamp,
                 "interrupted": self.interrupted,
                 "mode": self.options.mode,
-                "aborted": self._abort_reason(),
+                "aborted": redactor(self._abort_reason() or "") or None,
             },
         )
 
@@ -564,7 +678,10 @@ class ServebenchPlugin:
             return
         state = self.run.states[task.key]
         for case in missing:
-            jobs = state.jobs_for(case, task.model.model)
+            try:
+                jobs = state.jobs_for(case, task.model.model)
+            except Exception:  # a case whose request cannot be built has no saved answer
+                continue
             records = []
             for job in jobs:
                 for sample in range(job.first, job.first + job.count):
@@ -611,11 +728,14 @@ class ServebenchPlugin:
                 )
         aborted = self._abort_reason()
         if aborted:
-            tr.write_line(f"aborted: {aborted}", red=True, bold=True)
+            tr.write_line(f"aborted: {redactor(printable(aborted))}", red=True, bold=True)
+        elif self.interrupted:
+            how = "SIGTERM" if getattr(self, "terminated", False) else "Ctrl-C"
+            tr.write_line(f"interrupted ({how}): what finished is saved", yellow=True)
         if self.interrupted or aborted or any(not r.complete for r in results):
             tr.write_line(f"resume: pytest {' '.join(self._resume_args())}", bold=True)
         if getattr(self, "finish_error", None):
-            tr.write_line(f"error: {self.finish_error}", red=True)
+            tr.write_line(f"error: {redactor(self.finish_error)}", red=True)
         tr.write_line(f"work dir: {self.run.work.root}")
         for path in getattr(self, "summary_files", []):
             if path.suffix == ".csv":
