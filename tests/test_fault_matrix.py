@@ -264,6 +264,23 @@ def test_full_disk_aborts_instead_of_hanging(pytester, demo_records, tmp_path_fa
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_read_only_work_dir_is_a_usage_error(pytester, tmp_path_factory):
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("mounting a read-only tmpfs needs root on Linux")
+    mount = tmp_path_factory.mktemp("ro")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        args = [a.replace("=out", f"={mount}") for a in sb("http://127.0.0.1:9/v1")]
+        result = run(pytester, *args)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 4 and "Read-only file system" in out and "--sb-work-dir" in out
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+
+
 def test_unwritable_work_dir_is_a_usage_error(pytester, demo_records):
     (pytester.path / "afile").write_text("")
     result = run(pytester, *[a.replace("=out", "=afile/x") for a in sb("http://127.0.0.1:9/v1")])
@@ -407,6 +424,24 @@ def test_evaluator_that_hangs_is_cut_by_its_time_limit(pytester):
     assert "was not called: it timed out" in out  # the 4th case: no more waiting
     assert elapsed < 20 and result.ret == 1
     assert summary_json(pytester.path / "out")["tasks"][0]["counts"]["errors"] == 4
+
+
+def test_ctrl_c_inside_a_hanging_evaluator_ends_at_once_with_summary(pytester):
+    _capitals(pytester, '{type: "grading.py:hang", time_limit: 3600}')
+    with MockServer(_capital) as srv:
+        proc = popen(pytester, sb(srv.base_url, dataset="caps"))
+        wait_until(lambda: completion_requests(srv) == 4)
+        time.sleep(1.0)  # the first case is inside the evaluator
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 10  # not re-judged (and hung again) at the summary
+    assert_ended_well(out, partial=False)
+    assert proc.returncode == 2
+    summary = summary_json(pytester.path / "out")
+    assert summary["interrupted"] is True
+    # every case is in the summary, judged from the store without calling the evaluator again
+    assert summary["tasks"][0]["counts"]["errors"] == 4
 
 
 # -- bad input ------------------------------------------------------------------------------
