@@ -727,3 +727,27 @@ def test_user_function_invalid_returns_and_time_limit(tmp_path):
             ev.judge("q", "r")
     assert time.perf_counter() - start < 1.5
     assert pickle.loads(pickle.dumps(ev)).time_limit == 0.2
+
+
+def test_time_limit_leaves_a_timer_armed_by_someone_else_alone():
+    import signal as sig
+
+    from pytest_servebench.evaluators.limits import EvaluatorTimeout, call_with_time_limit
+
+    if not hasattr(sig, "setitimer"):
+        pytest.skip("no interval timers here")
+    fired = []
+    previous = sig.signal(sig.SIGALRM, lambda *a: fired.append(1))
+    try:
+        sig.setitimer(sig.ITIMER_REAL, 5.0)  # pytest-timeout's, say
+        assert call_with_time_limit(1.0, lambda x: x + 1, 1) == 2
+        with pytest.raises(EvaluatorTimeout):  # by the thread fallback
+            call_with_time_limit(0.1, time.sleep, 2)
+        assert 0 < sig.getitimer(sig.ITIMER_REAL)[0] <= 5.0  # still armed
+    finally:
+        sig.setitimer(sig.ITIMER_REAL, 0)
+        sig.signal(sig.SIGALRM, previous)
+    assert call_with_time_limit(1.0, lambda: "ok") == "ok"
+    with pytest.raises(EvaluatorTimeout):  # by the timer
+        call_with_time_limit(0.1, time.sleep, 2)
+    assert not fired
