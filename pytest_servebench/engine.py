@@ -32,13 +32,14 @@ BREAKER_STREAK = 3
 
 
 def _endpoint_down(exc: RetryableError) -> bool:
-    """Whether a failure says the endpoint is not there (no connection), rather than that
-    one request went wrong. The client may say so itself; else its message does."""
+    """Whether a failure says the endpoint is not answering (no connection, or no byte
+    within the timeouts), rather than that one request went wrong. The client may say so
+    itself; else its message does."""
     flag = getattr(exc, "unreachable", None)
     if flag is not None:
         return bool(flag)
     text = str(exc)
-    return text.startswith(("cannot connect", "connection dropped")) or "ConnectTimeout" in text
+    return text.startswith(("cannot connect", "connection dropped", "timed out ("))
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -430,6 +431,14 @@ class Engine:
                     error = f"{exc} (after {attempts} attempts)"
                     if exc.unreachable and endpoint.successes == 0:
                         self._abort(exc.unreachable)
+                        return
+                    if down and endpoint.successes == 0 and str(exc).startswith("timed out"):
+                        self._abort(
+                            f"the server for model {config.name!r} never answered: {exc} "
+                            f"after {attempts} attempts. Check that it is up and not "
+                            f"overloaded, or raise {config.name}.read_timeout (now "
+                            f"{config.read_timeout:g}s)"
+                        )
                         return
                     if (
                         down

@@ -5,7 +5,7 @@ case cost their sum. Here the engine's event loop owns the process's main thread
 instalments of built requests and gets back finished cases, progress counters, log lines and
 a fatal error if one happens (see remote.py for the other end and wire.py for the frames).
 
-Started by remote.py as `main([package_root, FD])`. It ignores Ctrl-C (pytest decides
+Started by remote.py as `main([package_root, FD])`. It ignores Ctrl-C and SIGTERM (pytest decides
 when to stop and asks for a clean shutdown), and dies with pytest (PR_SET_PDEATHSIG on Linux,
 the socket's EOF elsewhere): predictions are flushed once per loop step, as in-thread."""
 
@@ -217,6 +217,9 @@ async def _serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A cancelled CI job signals the whole process group: pytest stops this process itself,
+    # after the summary, instead of reporting it as crashed.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # pytest died before the kernel could be told

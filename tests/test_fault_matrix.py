@@ -485,6 +485,19 @@ def test_impossible_values_name_the_option_that_set_them(pytester, override):
     assert "vllm_chat.yaml:" not in text  # not the built-in file's line
 
 
+def test_impossible_value_in_a_config_file_names_its_line(pytester):
+    write_suite(
+        pytester.path,
+        "my_model",
+        "type: openai-chat\nbase_url: http://127.0.0.1:9/v1\nread_timeout: 0\n",
+        kind="models",
+    )
+    result = run(pytester, "--sb-models=my_model", "--sb-datasets=demo_gsm8k")
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == 4
+    assert "my_model.yaml:3: read_timeout must be a number of seconds above 0" in text
+
+
 # -- resume ---------------------------------------------------------------------------------
 
 
