@@ -22,6 +22,7 @@ VERDICT_FIELDS = (
     "truncated",
     "unparsable",
     "error",
+    "error_kind",  # "request" or "evaluator" (what made the case an error), else None
     "reference",
     "extracted",
     "latency",
