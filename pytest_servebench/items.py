@@ -27,7 +27,17 @@ class JudgeError(RequestError):
 
 # Model output and server text shown on a terminal: control characters (escape sequences,
 # NUL, carriage returns) are shown as visible escapes, never interpreted.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
+# Bidirectional overrides too: they reorder what a terminal shows ("Trojan source").
+_CONTROL = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+    if c not in (9, 10)
+}
 
 
 def _error_text(exc: RequestError) -> str:

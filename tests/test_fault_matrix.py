@@ -584,11 +584,11 @@ def test_planted_url_credentials_appear_in_no_output(pytester, demo_records):
 
 
 def test_control_characters_from_the_model_never_reach_the_terminal(pytester):
-    nasty = "\x1b[2J\x1b]0;pwned\x07\x00\r answer: 7"
+    nasty = "\x1b[2J\x1b]0;pwned\x07\x00\r\u202e answer: 7"
     with MockServer(lambda request: nasty) as srv:
         result = run(pytester, *sb(srv.base_url, "--sb-limit=2"))
     out = result.stdout.str()
     assert "wrong answer" in out
-    for raw in ("\x1b[2J", "\x1b]0", "\x07", "\x00"):
+    for raw in ("\x1b[2J", "\x1b]0", "\x07", "\x00", "\u202e"):
         assert raw not in out
     assert "\\x1b[2J" in out  # shown, escaped
