@@ -327,11 +327,12 @@ def test_stale_lock_of_a_killed_run_is_not_in_the_way(pytester, demo_records):
 # -- the user stops the run -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dist", DIST)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_work_prints_partial_summary_and_resumes(pytester, demo_records, sig):
+def test_signal_saves_work_prints_partial_summary_and_resumes(pytester, demo_records, sig, dist):
     answer = gsm8k(demo_records)
     with MockServer(answer, latency=0.1) as srv:
-        args = sb(srv.base_url, "--sb-set=vllm_chat.max_concurrency=2")
+        args = sb(srv.base_url, "--sb-set=vllm_chat.max_concurrency=2", *dist)
         proc = popen(pytester, args)
         wait_until(lambda: completion_requests(srv) >= 8)
         proc.send_signal(sig)
