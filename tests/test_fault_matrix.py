@@ -291,13 +291,22 @@ def test_unwritable_work_dir_is_a_usage_error(pytester, demo_records):
 
 
 def test_second_run_on_a_work_dir_is_refused_and_nothing_is_sent_twice(pytester, demo_records):
-    with MockServer(gsm8k(demo_records), latency=0.5) as srv:
+    answer = gsm8k(demo_records)
+    gate = threading.Event()
+
+    def held(request):  # the first run stays in flight until the second has been refused
+        gate.wait(60)
+        return answer(request)
+
+    with MockServer(held) as srv:
         args = sb(srv.base_url, "--sb-set=vllm_chat.max_concurrency=2", "--sb-limit=20")
         first = popen(pytester, args)
-        wait_until(lambda: completion_requests(srv) >= 2)
-        second = run(pytester, *args, "--sb-reuse=latest")
-        assert first.poll() is None  # the second run was refused while the first ran
-        srv.latency = 0.0
+        try:
+            wait_until(lambda: completion_requests(srv) >= 1, timeout=60)
+            second = run(pytester, *args, "--sb-reuse=latest")
+            assert first.poll() is None  # refused while the first ran
+        finally:
+            gate.set()
         out, _ = first.communicate(timeout=60)
         sent = completion_requests(srv)
         text = second.stdout.str() + second.stderr.str()
@@ -331,7 +340,7 @@ def test_stale_lock_of_a_killed_run_is_not_in_the_way(pytester, demo_records):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_work_prints_partial_summary_and_resumes(pytester, demo_records, sig, dist):
     answer = gsm8k(demo_records)
-    with MockServer(answer, latency=0.1) as srv:
+    with MockServer(answer, latency=0.3) as srv:  # ~8 s of work: the signal comes mid-run
         args = sb(srv.base_url, "--sb-set=vllm_chat.max_concurrency=2", *dist)
         proc = popen(pytester, args)
         wait_until(lambda: completion_requests(srv) >= 8)
@@ -343,7 +352,9 @@ def test_signal_saves_work_prints_partial_summary_and_resumes(pytester, demo_rec
         summary = summary_json(pytester.path / "out")
         assert summary["interrupted"] is True and not summary["aborted"]
         saved = saved_ok(pytester)
+        assert 8 <= len(saved) < 50
         before = completion_requests(srv)
+        srv.latency = 0.0
         resumed = run(pytester, *args, "--sb-reuse=latest")
         assert completion_requests(srv) - before == 50 - len(saved)
     assert resumed.ret == 1 and summary_json(pytester.path / "out")["tasks"][0]["complete"]
