@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .client import FatalEndpointError, RequestFailed, RetryableError, list_models, send
 from .config import ModelConfig
@@ -40,6 +41,14 @@ def _endpoint_down(exc: RetryableError) -> bool:
         return bool(flag)
     text = str(exc)
     return text.startswith(("cannot connect", "connection dropped", "timed out ("))
+
+
+def _join(base: str, path: str) -> str:
+    """`base` with `path` appended to its path, its query and fragment kept at the end."""
+    parts = urlsplit(base)
+    if not parts.query and not parts.fragment:
+        return base + path
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -99,6 +108,12 @@ class Endpoint:
         self.semaphore = asyncio.Semaphore(config.max_concurrency)
         self.client = Session(Settings.of(config))  # TLS, proxy, redirects: connection.py
         self.urls = config.base_urls
+        # The request URLs, per replica; a query in base_url (`?api-version=...`, a key) stays
+        # after the path instead of swallowing it.
+        self.request_urls = {
+            chat: [_join(url, "/chat/completions" if chat else "/completions") for url in self.urls]
+            for chat in (True, False)
+        }
         self._next = 0
         self._avoid_until = [0.0] * len(self.urls)
         self.successes = 0
@@ -379,7 +394,7 @@ class Engine:
                 if self.stopping:
                     return
                 replica = endpoint.pick()
-                url = endpoint.urls[replica] + ("/chat/completions" if chat else "/completions")
+                url = endpoint.request_urls[chat][replica]
                 attempts += 1
                 progress.posted += 1
                 try:

@@ -595,6 +595,14 @@ def test_planted_url_credentials_appear_in_no_output(pytester, demo_records):
                 assert planted.encode() not in path.read_bytes(), path
 
 
+def test_a_query_in_base_url_stays_after_the_request_path(pytester):
+    with MockServer(lambda request: "answer: 7") as srv:
+        result = run(pytester, *sb(f"{srv.base_url}?api_key=PlantedKey99", "--sb-limit=3"))
+        assert completion_requests(srv) == 3
+    assert result.ret == 1 and result.parseoutcomes().get("failed") == 3  # answered, judged
+    assert "PlantedKey99" not in result.stdout.str()
+
+
 def test_control_characters_from_the_model_never_reach_the_terminal(pytester):
     nasty = "\x1b[2J\x1b]0;pwned\x07\x00\r\u202e answer: 7"
     with MockServer(lambda request: nasty) as srv:
