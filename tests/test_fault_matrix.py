@@ -387,7 +387,7 @@ def test_signal_saves_work_prints_partial_summary_and_resumes(pytester, demo_rec
         summary = summary_json(pytester.path / "out")
         assert summary["interrupted"] is True and not summary["aborted"]
         saved = saved_ok(pytester)
-        assert 8 <= len(saved) < 50
+        assert 8 - 2 <= len(saved) < 50  # the 2 in flight (C=2) may be dropped
         before = completion_requests(srv)
         srv.latency = 0.0
         resumed = run(pytester, *args, "--sb-reuse=latest")
