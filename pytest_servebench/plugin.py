@@ -24,6 +24,7 @@ from .launcher import Launcher, apply_urls
 from .run import Run
 from .scoring import judge_case
 from .secrets import RedactingFilter, redactor
+from .service import SERVICE_NOTE, render_service_text, service_rows, task_service
 from .store import WorkDir, WorkDirLock, load_predictions, new_timestamp, write_json
 from .suites import SuiteIndex, load_configs, named_entries, parse_overrides, search_table
 from .summary import build_rows, comparison_lines, comparisons, render_text, write_summary
@@ -653,6 +654,12 @@ class ServebenchPlugin:
             write_json(
                 self.run.work.results_file(result.model_name, result.dataset_name), result.to_json()
             )
+        self.service = {
+            r.key: task_service(
+                self.run.work.predictions_file(r.model_name, r.dataset_name), set(r.case_ids)
+            )
+            for r in results
+        }
         self.summary_files = write_summary(
             self.run.work.summary_base(self.stamp),
             results,
@@ -663,6 +670,7 @@ class ServebenchPlugin:
                 "mode": self.options.mode,
                 "aborted": redactor(self._abort_reason() or "") or None,
             },
+            self.service,
         )
 
     def _fill_from_store(self, task: Any, result: TaskResult) -> None:
@@ -717,6 +725,12 @@ class ServebenchPlugin:
             tr.write_line(line)
         for line in comparison_lines(comparisons(results)):
             tr.write_line(line)
+        service = getattr(self, "service", {})
+        srows = service_rows((r.dataset, r.model, service.get(r.key)) for r in results)
+        if srows:
+            tr.write_sep("-", "servebench service")
+            for line in [*render_service_text(srows).splitlines(), SERVICE_NOTE]:
+                tr.write_line(line)
         for r in results:
             if not r.complete:
                 figures = r.figures()

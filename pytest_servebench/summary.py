@@ -190,18 +190,35 @@ def comparisons(results: Sequence[TaskResult]) -> list[dict[str, Any]]:
     return out
 
 
-def write_summary(base: Path, results: Sequence[TaskResult], extra: dict[str, Any]) -> list[Path]:
+def write_summary(
+    base: Path,
+    results: Sequence[TaskResult],
+    extra: dict[str, Any],
+    service: dict[str, dict[str, Any]] | None = None,
+) -> list[Path]:
+    """The table's files; `service` (task key -> service.task_service()) adds each task's
+    service figures to the json and a second table to the md and txt files."""
+    from .service import SERVICE_NOTE, render_service_markdown, render_service_text, service_rows
+
+    service = service or {}
     header, rows = build_rows(results)
+    srows = service_rows((r.dataset, r.model, service.get(r.key)) for r in results)
     base.parent.mkdir(parents=True, exist_ok=True)
     files = {
         ".csv": render_csv(header, rows),
-        ".md": render_markdown(header, rows),
-        ".txt": render_text(header, rows) + "\n",
+        ".md": render_markdown(header, rows)
+        + (f"\n{render_service_markdown(srows)}\n{SERVICE_NOTE}\n" if srows else ""),
+        ".txt": render_text(header, rows)
+        + "\n"
+        + (f"\n{render_service_text(srows)}\n{SERVICE_NOTE}\n" if srows else ""),
         ".json": json.dumps(
             {
                 **extra,
                 "table": {"header": header, "rows": rows},
-                "tasks": [r.to_json(include_cases=False) for r in results],
+                "tasks": [
+                    {**r.to_json(include_cases=False), "service": service.get(r.key)}
+                    for r in results
+                ],
                 "comparisons": comparisons(results),
             },
             indent=2,
