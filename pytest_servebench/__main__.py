@@ -1,4 +1,4 @@
-"""`python -m pytest_servebench COMMAND`: the demo, and dataset downloads."""
+"""`python -m pytest_servebench COMMAND`: the demo, dataset downloads, run comparison."""
 
 from __future__ import annotations
 
@@ -57,7 +57,14 @@ def download(argv: list[str]) -> int:
     return download_main(argv)
 
 
-COMMANDS = {"demo": demo, "download": download}
+def compare(argv: list[str]) -> int:
+    """Two runs side by side, case by case: accuracy, flips, paired test, service figures."""
+    from .compare import main as compare_main
+
+    return compare_main(argv)
+
+
+COMMANDS = {"demo": demo, "download": download, "compare": compare}
 
 
 def main(argv: list[str] | None = None) -> int:
