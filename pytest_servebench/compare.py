@@ -415,6 +415,43 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+# -- pytest --sb-baseline RUN ---------------------------------------------------------------
+
+
+def baseline_path(config: Any) -> Path | None:
+    """The run named by --sb-baseline (relative to where pytest was started), checked at
+    configure time so that a wrong path stops the run before any request."""
+    try:
+        raw = config.getoption("sb_baseline")
+    except ValueError:
+        return None
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_absolute():
+        path = config.invocation_params.dir / path
+    return find_summary(path, "--sb-baseline")
+
+
+def baseline_lines(
+    path: Path, results: Sequence[Any], service: Mapping[str, Mapping[str, Any] | None]
+) -> list[str]:
+    """The terminal lines comparing this session's tasks with the baseline run, case by
+    case. Per-case scores of the baseline are read now, at the end, not kept during the run."""
+    run = load_run(path, "--sb-baseline")
+    current = [task_from_result(r, service.get(r.key)) for r in results]
+    pairs, notes = pair_tasks(run.tasks, current)
+    lines = [f"baseline (A): {run.path}; this run (B)"]
+    lines += [f"note: {n}" for n in notes]
+    if not pairs:
+        lines.append("the baseline shares no (model, dataset) with this run: nothing compared")
+    for a, b in pairs:
+        row = compare_tasks(a, b)
+        lines += flip_lines(row)
+        lines += service_lines(row)
+    return lines
+
+
 # -- the command ----------------------------------------------------------------------------
 
 

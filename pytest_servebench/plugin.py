@@ -15,6 +15,7 @@ import pytest
 from . import debuglog, liveview, output, perf, progress
 from . import options as opts
 from .aggregate import TaskResult
+from .compare import baseline_lines, baseline_path
 from .errors import ServebenchError
 from .gates import apply_gates, setup_gates
 from .html import register_html
@@ -96,6 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin = ServebenchPlugin(config, options)
         if not is_worker(config):
             setup_gates(plugin)  # gate files and baseline are checked before any request
+            plugin.baseline = baseline_path(config)
     except ServebenchError as exc:
         if plugin is not None:
             plugin.release()
@@ -183,6 +185,7 @@ class ServebenchPlugin:
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False  # by the user: Ctrl-C or SIGTERM
         self.abort_message: str | None = None  # from this process or a worker's report
+        self.baseline: Path | None = None  # --sb-baseline's summary, compared at the end
         self.wrong = output.WrongAnswers()
         self._tally: dict[str, tuple[int, int]] = {}  # task -> (passed, judged): live view
         try:
@@ -731,6 +734,14 @@ class ServebenchPlugin:
             tr.write_sep("-", "servebench service")
             for line in [*render_service_text(srows).splitlines(), SERVICE_NOTE]:
                 tr.write_line(line)
+        if getattr(self, "baseline", None) is not None and self.options.mode != "infer":
+            tr.write_sep("-", "servebench vs baseline")
+            try:
+                lines = baseline_lines(self.baseline, results, service)
+            except ServebenchError as exc:
+                lines = [f"not compared: {exc}"]
+            for line in lines:
+                tr.write_line(line, red="significantly WORSE" in line)
         for r in results:
             if not r.complete:
                 figures = r.figures()

@@ -55,6 +55,7 @@ def run(pytester, server: MockServer, out: str, *extra: str) -> Path:
     )
     assert result.ret in (0, 1), result.stdout.str()
     [run_dir] = (pytester.path / out).iterdir()
+    run_dir.joinpath("stdout.txt").write_text(result.stdout.str())
     return run_dir
 
 
@@ -68,7 +69,8 @@ def two_runs(pytester, demo_records):
     failing = records[FAILED_B]["question"]
     plan = FaultPlan(custom=lambda req, attempt: "500" if failing in req.prompt_text else None)
     with MockServer(respond_b, latency=0.15, faults=plan) as server:
-        run_b = run(pytester, server, "out_b", "-k", f"not q{MISSING_B:04d}")
+        baseline = f"--sb-baseline={run_a}"
+        run_b = run(pytester, server, "out_b", "-k", f"not q{MISSING_B:04d}", baseline)
     return run_a, run_b
 
 
@@ -198,3 +200,37 @@ def test_bad_run_paths_say_what_to_give(tmp_path):
     )
     assert proc.returncode == 2
     assert "no summary/summary_*.json in this folder" in proc.stderr
+
+
+def test_sb_baseline_prints_flips_and_significance(two_runs):
+    run_a, run_b = two_runs
+    case = ids(run_a)
+    out = (run_b / "stdout.txt").read_text()
+    section = out[out.index("servebench vs baseline") :]
+    lines = section.splitlines()
+    assert lines[1].startswith(f"baseline (A): {run_a}/summary/summary_")
+    # B's own accuracy is over its 29 evaluated cases (the run is partial: -k)
+    assert (
+        f"demo_gsm8k / vllm_stream_chat: accuracy 90.00 -> {100 * 15 / 29:.2f} "
+        f"({100 * 15 / 29 - 90:+.2f}); significantly WORSE (McNemar p=0.0129, 28 cases)"
+    ) in lines
+    flipped = ", ".join(case[i] for i in range(3, 13))
+    assert f"  right->wrong: 12: {flipped}, ... (2 more)" in lines
+    assert f"  wrong->right: 2: {case[1]}, {case[2]}" in lines
+    assert f"  only in A: 1: {case[MISSING_B]}" in lines
+    assert f"  request failed in B: 1: {case[FAILED_B]}" in lines
+    assert any(line.startswith("  service A->B: errors 0->1; retries 0->0;") for line in lines)
+
+
+def test_sb_baseline_wrong_path_stops_before_any_request(pytester):
+    result = pytester.runpytest_subprocess(
+        "--sb-models",
+        "vllm_chat",
+        "--sb-datasets",
+        "demo_gsm8k",
+        "--sb-set",
+        "vllm_chat.base_url=http://127.0.0.1:9/v1",
+        "--sb-baseline=nowhere",
+    )
+    assert result.ret == 4  # usage error
+    result.stderr.fnmatch_lines(["*--sb-baseline */nowhere: no such file or folder*"])
