@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .aggregate import COUNT_ROWS, TaskResult
+from .charts import accuracy_chart, model_charts
 from .items import NODE_PREFIX
 from .summary import HEADER, build_rows
 
@@ -39,16 +40,6 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "servebench-html"
 MAX_TEXT = 50_000  # characters of one prompt / output / reasoning shown in the report
 CELL_TEXT = 60  # characters of an extracted answer or reference shown in a row cell
-PALETTE = (  # Okabe-Ito: distinguishable with the common colour-vision deficiencies
-    "#0072B2",
-    "#E69F00",
-    "#009E73",
-    "#CC79A7",
-    "#56B4E9",
-    "#D55E00",
-    "#F0E442",
-    "#000000",
-)
 
 CSS = """
 .sb{color:#222;font-size:13px;margin:0 0 16px 0}
@@ -66,6 +57,8 @@ CSS = """
 .sb .sb-warn{color:#a05a00}
 .sb .sb-sig{color:#b00020;font-weight:bold}
 .sb svg{display:block;margin:6px 0;max-width:100%;height:auto}
+.sb .sb-scroll{max-height:640px;overflow:auto;border:1px solid #eee;display:inline-block;max-width:100%}
+.sb .sb-scroll svg{max-width:none;margin:0}
 .sb-case{color:#222;font-size:12px;padding:4px 0}
 .sb-case table{border-collapse:collapse;margin-bottom:6px}
 .sb-case th,.sb-case td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
@@ -117,124 +110,6 @@ def summary_table(results: Sequence[TaskResult]) -> str:
             out.append(f"<td{cls}>{esc(cell)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
-    return "".join(out)
-
-
-def headline(result: TaskResult) -> tuple[str, float | None, tuple[float, float] | None]:
-    """The figure a chart shows for a task: accuracy (avg@k with k samples), its 95 % CI;
-    None for a partial task or an infer run."""
-    name = "accuracy" if result.samples == 1 else f"avg@{result.samples}"
-    if not result.complete or result.run_mode == "infer":
-        return name, None, None
-    value = result.figures().get(name)
-    return name, value, result.intervals().get(name)
-
-
-def accuracy_chart(results: Sequence[TaskResult]) -> str:
-    """Grouped bar chart, one group per dataset, one bar per model, with 95 % CI whiskers.
-    Plain SVG with presentation attributes (no script, no style attribute, no external
-    reference), every label escaped."""
-    datasets: list[str] = []
-    models: list[str] = []
-    for r in results:
-        if r.dataset not in datasets:
-            datasets.append(r.dataset)
-        if r.model not in models:
-            models.append(r.model)
-    if not datasets or all(headline(r)[1] is None for r in results):
-        return ""
-    by_key = {(r.dataset, r.model): r for r in results}
-    bar = 30 if len(models) <= 4 else max(12, 120 // len(models))
-    gap = 28
-    label_px = max(len(d) for d in datasets) * 6.5 + 12
-    group = max(len(models) * bar + gap, min(label_px, 170))
-    left, top, plot_h, bottom = 52, 18, 220, 46
-    plot_w = max(len(datasets) * group, 160)
-    legend_x = left + plot_w + 18
-    legend_w = 26 + 7 * max(len(m) for m in models)
-    width = legend_x + legend_w + 8
-    height = top + plot_h + bottom
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - max(0.0, min(100.0, v)) / 100.0)
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="sb-accuracy-chart" role="img" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'font-family="Helvetica, Arial, sans-serif" font-size="11">',
-        "<title>Accuracy (%) per dataset and model, with 95% confidence intervals</title>",
-    ]
-    for tick in range(0, 101, 20):
-        ty = y(tick)
-        out.append(
-            f'<line x1="{left}" y1="{ty:.1f}" x2="{left + plot_w}" y2="{ty:.1f}" '
-            f'stroke="#e3e3e3" stroke-width="1"/>'
-            f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end" fill="#444">{tick}</text>'
-        )
-    out.append(
-        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" fill="#222" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">accuracy (%)</text>'
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        f'stroke="#888" stroke-width="1"/>'
-    )
-    for d, dataset in enumerate(datasets):
-        x0 = left + d * group + (group - len(models) * bar) / 2
-        for m, model in enumerate(models):
-            r = by_key.get((dataset, model))
-            if r is None:
-                continue
-            x = x0 + m * bar
-            cx = x + (bar - 4) / 2
-            name, value, ci = headline(r)
-            color = PALETTE[m % len(PALETTE)]
-            if value is None:
-                why = (
-                    f"partial: {r.evaluated} of {len(r.case_ids)} cases evaluated"
-                    if r.run_mode != "infer"
-                    else "infer mode: no scores"
-                )
-                out.append(
-                    f'<text class="sb-bar-missing" x="{cx:.1f}" y="{top + plot_h - 4}" '
-                    f'text-anchor="middle" fill="#999">n/a<title>{esc(model)} on '
-                    f"{esc(dataset)}: {esc(why)}</title></text>"
-                )
-                continue
-            tip = f"{model} on {dataset}: {name} {value:.2f}"
-            if ci:
-                tip += f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})"
-            tip += f", {len(r.case_ids)} cases"
-            out.append(
-                f'<rect class="sb-bar" x="{x:.1f}" y="{y(value):.1f}" width="{bar - 4}" '
-                f'height="{top + plot_h - y(value):.1f}" fill="{color}" '
-                f'data-model="{esc(model)}" data-dataset="{esc(dataset)}" '
-                f'data-value="{value:.2f}"><title>{esc(tip)}</title></rect>'
-            )
-            if ci:
-                lo, hi = y(ci[0]), y(ci[1])
-                out.append(
-                    f'<path d="M{cx:.1f} {lo:.1f}V{hi:.1f}M{cx - 4:.1f} {lo:.1f}H{cx + 4:.1f}'
-                    f'M{cx - 4:.1f} {hi:.1f}H{cx + 4:.1f}" stroke="#333" stroke-width="1" '
-                    f'fill="none"/>'
-                )
-            label_y = min(y(value), y(ci[1]) if ci else y(value)) - 4
-            out.append(
-                f'<text x="{cx:.1f}" y="{max(label_y, 10):.1f}" text-anchor="middle" '
-                f'fill="#222" font-size="10">{value:.1f}</text>'
-            )
-        chars = max(4, int((group - 12) / 6.5))
-        out.append(
-            f'<text x="{x0 + len(models) * bar / 2:.1f}" y="{top + plot_h + 16}" '
-            f'text-anchor="middle" fill="#222">{esc(_short(dataset, chars))}'
-            f"<title>{esc(dataset)}</title></text>"
-        )
-    for m, model in enumerate(models):
-        ly = top + 6 + m * 18
-        out.append(
-            f'<rect x="{legend_x}" y="{ly}" width="12" height="12" '
-            f'fill="{PALETTE[m % len(PALETTE)]}"/>'
-            f'<text x="{legend_x + 18}" y="{ly + 10}" fill="#222">{esc(model)}</text>'
-        )
-    out.append("</svg>")
     return "".join(out)
 
 
@@ -295,9 +170,10 @@ def summary_section(
     meta: Sequence[str] = (),
     notes: Sequence[str] = (),
     gates: str = "",
+    charts: str = "",
 ) -> str:
     """The block the report opens with. ``meta`` and ``notes`` are plain text lines; ``gates``
-    is gates_table()'s markup."""
+    is gates_table()'s markup, ``charts`` charts.model_charts()'."""
     out = [f"<style>{CSS}</style>", '<section class="sb" id="servebench-summary">']
     out.append("<h2>servebench summary</h2>")
     out += [f'<p class="sb-meta">{esc(line)}</p>' for line in meta]
@@ -313,7 +189,8 @@ def summary_section(
     chart = accuracy_chart(results)
     if chart:
         out.append("<h3>Accuracy per dataset and model</h3>")
-        out.append(chart)
+        out.append(f'<div class="sb-scroll">{chart}</div>')
+    out.append(charts)
     table = comparisons_table(comparisons, results)
     if table:
         out.append("<h3>Is the difference between two models significant?</h3>")
@@ -526,8 +403,14 @@ class HtmlReport:
                 self._meta(),
                 self._notes(results),
                 gates_table(gates.outcomes, gates.decision) if gates is not None else "",
+                self._charts(results),
             )
         )
+
+    def _charts(self, results: Sequence[TaskResult]) -> str:
+        work = self.plugin.run.work
+        files = {r.key: work.predictions_file(r.model_name, r.dataset_name) for r in results}
+        return model_charts(results, files)
 
     def _comparisons(self, results: Sequence[TaskResult]) -> list[dict[str, Any]]:
         for path in getattr(self.plugin, "summary_files", []) or []:
