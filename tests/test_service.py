@@ -247,3 +247,30 @@ def test_run_reports_service_figures(pytester, demo_records):
     [txt] = (pytester.path / "out").glob("*/summary/summary_*.txt")
     [md] = (pytester.path / "out").glob("*/summary/summary_*.md")
     assert "tok/s req" in txt.read_text() and "| dataset | model | requests |" in md.read_text()
+
+
+def test_service_figures_under_xdist(pytester, gsm8k_server):
+    result = pytester.runpytest_subprocess(
+        "--sb-models",
+        "vllm_chat",
+        "vllm_stream_chat",
+        "--sb-datasets",
+        "demo_gsm8k",
+        "--sb-set",
+        f"vllm_chat.base_url={gsm8k_server.base_url}",
+        "--sb-set",
+        f"vllm_stream_chat.base_url={gsm8k_server.base_url}",
+        "--sb-limit",
+        "10",
+        "--sb-work-dir",
+        "out",
+        "--tb=no",
+        "-n",
+        "2",
+    )
+    result.stdout.fnmatch_lines(["*- servebench service -*"])
+    tasks = summary_json(pytester.path / "out")["tasks"]
+    assert [t["service"]["requests"] for t in tasks] == [10, 10]
+    # ttft only where streamed
+    ttft = {t["model"]: t["service"]["ttft_s"]["p50"] for t in tasks}
+    assert ttft["vllm_chat"] is None and ttft["vllm_stream_chat"] is not None
