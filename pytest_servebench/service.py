@@ -28,10 +28,10 @@ _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 def error_kind(message: str) -> str:
     """The kind of a failed request, from the error text the engine recorded."""
     text = message.lower()
+    if _HTTP_STATUS.search(message):  # a status the server sent (504 included) comes first
+        return "http"
     if "timed out" in text or "timeout" in text:
         return "timeout"
-    if _HTTP_STATUS.search(message):
-        return "http"
     if "cannot connect" in text or "connection" in text or "transport error" in text:
         return "connection"
     if (

@@ -82,6 +82,7 @@ def test_busy_time_is_the_union_of_spans():
         ("no full reply within request_timeout 5.0s (after 3 attempts)", "timeout"),
         ("HTTP 503: overloaded (after 3 attempts)", "http"),
         ("HTTP 400: bad request", "http"),
+        ("HTTP 504: gateway timeout (after 3 attempts)", "http"),
         ("cannot connect to http://127.0.0.1:1/v1: refused (after 3 attempts)", "connection"),
         ("connection dropped: reset by peer (after 3 attempts)", "connection"),
         ("malformed reply: body is not JSON (after 3 attempts)", "bad_body"),
