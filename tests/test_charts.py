@@ -3,14 +3,18 @@ accuracy by output length; figures checked by hand."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from test_html import CHROMIUM, chromium_dom
 
+from conftest import SHARED_DATASETS
 from pytest_servebench.aggregate import TaskResult
 from pytest_servebench.charts import (
     _cdf_points,
@@ -22,6 +26,7 @@ from pytest_servebench.charts import (
     model_charts,
     read_latencies,
 )
+from pytest_servebench.testing.mockserver import MockServer, Reply
 
 
 def task(model: str, dataset: str, verdicts: dict[str, dict], samples: int = 1) -> TaskResult:
@@ -152,3 +157,59 @@ def test_model_charts_section(tmp_path: Path):
     section = model_charts([result], {result.key: path})
     assert "<h3>Latency distribution per model</h3>" in section
     assert 'id="sb-latency-cdf"' in section and 'id="sb-length-accuracy"' in section
+
+
+# -- a 57-subject MMLU run, its report opened in headless Chromium ---------------------------
+
+# the shared data beside the checkout, or wherever $SERVEBENCH_DATASETS points
+DATA_DIR = next(
+    (
+        Path(d)
+        for d in (SHARED_DATASETS, os.environ.get("SERVEBENCH_DATASETS", ""))
+        if d and (Path(d) / "mmlu").is_dir()
+    ),
+    SHARED_DATASETS,
+)
+MMLU_DIR = DATA_DIR / "mmlu"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed")
+@pytest.mark.skipif(not MMLU_DIR.is_dir(), reason=f"MMLU not found under {MMLU_DIR}")
+def test_mmlu_57_subjects_report_in_chromium(pytester, tmp_path):
+    def responder(request):
+        h = int(hashlib.md5(request.prompt_text.encode()).hexdigest(), 16)
+        words = " ".join(["w"] * (h % 300))
+        finish = "length" if h % 7 == 0 else "stop"
+        return Reply(f"{words} The answer is {'ABCD'[h % 4]}", finish_reason=finish)
+
+    with MockServer(responder, latency=0.005) as server:
+        result = pytester.runpytest_subprocess(
+            "--sb-models",
+            "vllm_chat",
+            "--sb-datasets",
+            "mmlu_gen_5_shot_chat_prompt",
+            f"--sb-datasets-dir={DATA_DIR}",
+            "--sb-set",
+            f"vllm_chat.base_url={server.base_url}",
+            "--sb-limit",
+            "2",
+            "--sb-work-dir",
+            "out",
+            "--tb=no",
+            "-q",
+            "--html",
+            "report.html",
+            "--self-contained-html",
+        )
+    assert result.ret == 1, result.stdout.str()[-2000:]
+    dom = chromium_dom(pytester.path / "report.html", tmp_path / "profile")
+    chart = re.search(r'<svg[^>]*id="sb-accuracy-chart".*?</svg>', dom, re.S).group(0)
+    assert chart.count('<rect class="sb-bar"') == 57
+    width = float(re.search(r'<svg[^>]*width="([\d.]+)"', chart).group(1))
+    assert width <= 1000  # rows, not a 9,906 px wide picture squeezed into the page
+    assert '<div class="sb-scroll">' in dom
+    cdf = re.search(r'<svg[^>]*id="sb-latency-cdf".*?</svg>', dom, re.S).group(0)
+    assert 'data-model="vllm_chat" data-requests="114"' in cdf
+    lengths = re.search(r'<svg[^>]*id="sb-length-accuracy".*?</svg>', dom, re.S).group(0)
+    cases = re.findall(r'data-cases="(\d+)"', lengths)
+    assert sum(map(int, cases)) == 114  # every case in exactly one bucket
