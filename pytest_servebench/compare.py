@@ -245,9 +245,52 @@ def pair_tasks(
     return pairs, notes
 
 
+def pooled_pairs(pairs: Sequence[tuple[TaskView, TaskView]]) -> list[tuple[TaskView, TaskView]]:
+    """For a dataset split in subsets (MMLU's subjects: configs named group/subject), the
+    whole group as one more pair, every case of both sides once ("subject/case"), its
+    figure the mean over all cases (the summary's weighted_average). No service figures."""
+    groups: dict[tuple[str, str], list[tuple[TaskView, TaskView]]] = {}
+    for a, b in pairs:
+        parent, sep, _ = b.dataset_config.rpartition("/")
+        if sep and a.samples == b.samples:
+            groups.setdefault((b.model_config, parent), []).append((a, b))
+    pooled = []
+    for (_, parent), members in groups.items():
+        if len(members) < 2:
+            continue
+        sides = []
+        for side in (0, 1):
+            tasks = [m[side] for m in members]
+            scores = {
+                f"{t.dataset_config.rpartition('/')[2]}/{c}": v
+                for t in tasks
+                for c, v in t.scores.items()
+            }
+            errors = {f"{t.dataset_config.rpartition('/')[2]}/{c}" for t in tasks for c in t.errors}
+            first = tasks[0]
+            sides.append(
+                TaskView(
+                    model=first.model,
+                    model_config=first.model_config,
+                    dataset=f"{parent} (all {len(tasks)} subsets)",
+                    dataset_config=parent,
+                    samples=first.samples,
+                    complete=all(t.complete for t in tasks),
+                    metrics={first.headline: 100 * sum(scores.values()) / len(scores)}
+                    if scores
+                    else {},
+                    cases=sum(t.cases for t in tasks),
+                    scores=scores,
+                    errors=errors,
+                )
+            )
+        pooled.append((sides[0], sides[1]))
+    return pooled
+
+
 def compare_runs(a: RunView, b: RunView) -> dict[str, Any]:
     pairs, notes = pair_tasks(a.tasks, b.tasks)
-    rows = [compare_tasks(x, y) for x, y in pairs]
+    rows = [compare_tasks(x, y) for x, y in [*pairs, *pooled_pairs(pairs)]]
     return {
         "a": {"label": a.label, "summary": str(a.path)},
         "b": {"label": b.label, "summary": str(b.path)},
@@ -445,7 +488,7 @@ def baseline_lines(
     lines += [f"note: {n}" for n in notes]
     if not pairs:
         lines.append("the baseline shares no (model, dataset) with this run: nothing compared")
-    for a, b in pairs:
+    for a, b in [*pairs, *pooled_pairs(pairs)]:
         row = compare_tasks(a, b)
         lines += flip_lines(row)
         lines += service_lines(row)

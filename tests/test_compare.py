@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_servebench.compare import TaskView, compare_runs, compare_tasks, load_run
+from pytest_servebench.compare import RunView, TaskView, compare_runs, compare_tasks, load_run
 from pytest_servebench.metrics import mcnemar_exact
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer, dataset_responder
 
@@ -234,3 +234,31 @@ def test_sb_baseline_wrong_path_stops_before_any_request(pytester):
     )
     assert result.ret == 4  # usage error
     result.stderr.fnmatch_lines(["*--sb-baseline */nowhere: no such file or folder*"])
+
+
+def test_subsets_are_also_compared_as_one_group():
+    def subject(name, scores):
+        return TaskView(
+            model="m",
+            model_config="m",
+            dataset=f"mmlu_{name}",
+            dataset_config=f"mmlu_cfg/{name}",
+            samples=1,
+            complete=True,
+            metrics={"accuracy": 100 * sum(scores.values()) / len(scores)},
+            cases=len(scores),
+            scores=scores,
+        )
+
+    a = RunView("A", Path("a.json"), [subject("x", {"1": 1.0, "2": 1.0, "3": 0.0}),
+                                      subject("y", {"1": 1.0, "2": 0.0})])  # fmt: skip
+    b = RunView("B", Path("b.json"), [subject("x", {"1": 0.0, "2": 1.0, "3": 0.0}),
+                                      subject("y", {"1": 0.0, "2": 0.0})])  # fmt: skip
+    rows = compare_runs(a, b)["datasets"]
+    assert [r["dataset"] for r in rows] == ["mmlu_x", "mmlu_y", "mmlu_cfg (all 2 subsets)"]
+    group = rows[2]
+    # by hand: A 3 of 5 right, B 1 of 5; two right->wrong, none the other way
+    assert group["a"] == pytest.approx(60.0) and group["b"] == pytest.approx(20.0)
+    assert group["right_to_wrong"] == ["x/1", "y/1"] and group["wrong_to_right"] == []
+    assert group["paired"]["p_value"] == pytest.approx(0.5)  # 2 * C(2,0) / 2^2
+    assert group["common"] == 5
