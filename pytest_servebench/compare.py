@@ -38,6 +38,7 @@ class TaskView:
     scores: dict[str, float]  # case id -> score in 0..1 (mean over samples), evaluated cases
     errors: set[str] = field(default_factory=set)  # cases whose request failed (unanswered)
     service: dict[str, Any] | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # errors, truncated, unparsable...
 
     @property
     def headline(self) -> str:
@@ -114,6 +115,7 @@ def _task_from_files(task: Mapping[str, Any], root: Path) -> TaskView:
         scores=scores,
         errors=errors,
         service=task.get("service"),
+        counts={k: int(v) for k, v in counts.items() if isinstance(v, int)},
     )
 
 
@@ -131,6 +133,7 @@ def task_from_result(result: Any, service: Mapping[str, Any] | None) -> TaskView
         scores=result.per_case_scores(),
         errors={c for c, v in result.cases.items() if v["status"] == "error"},
         service=dict(service) if service else None,
+        counts=result.counts(),
     )
 
 
@@ -177,6 +180,20 @@ def service_diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> li
     return out
 
 
+SUMMARY_COUNTS = ("errors", "truncated", "unparsable")
+
+
+def summary_figures(a: TaskView, b: TaskView) -> list[dict[str, Any]]:
+    """The summary table's figures of both runs side by side: every metric, then counts."""
+    out = []
+    for name in [*a.metrics, *(m for m in b.metrics if m not in a.metrics)]:
+        out.append({"figure": name, "a": a.metrics.get(name), "b": b.metrics.get(name)})
+    for name in SUMMARY_COUNTS:
+        if name in a.counts or name in b.counts:
+            out.append({"figure": name, "a": a.counts.get(name), "b": b.counts.get(name)})
+    return out
+
+
 def compare_tasks(a: TaskView, b: TaskView) -> dict[str, Any]:
     """One (model, dataset): b is the new run, a the reference; differences are b - a."""
     answered_a = set(a.scores) - a.errors
@@ -210,6 +227,7 @@ def compare_tasks(a: TaskView, b: TaskView) -> dict[str, Any]:
         "not_evaluated_a": a.cases - len(a.scores),
         "not_evaluated_b": b.cases - len(b.scores),
         "significantly_worse": bool(test["significant"] and test["diff"] < 0),
+        "figures": summary_figures(a, b),
         "service": service_diff(a.service, b.service),
     }
 
@@ -370,6 +388,16 @@ TERMINAL_SERVICE = (
 _COUNTS = ("requests", "errors", "retries", "completion tokens total")
 
 
+def figure_line(row: Mapping[str, Any], indent: str = "  ") -> list[str]:
+    """The summary's figures of both runs, A -> B, on one line."""
+    parts = [
+        f"{f['figure']} {_num(f['a'], 0 if f['figure'] in SUMMARY_COUNTS else 2)}"
+        f"->{_num(f['b'], 0 if f['figure'] in SUMMARY_COUNTS else 2)}"
+        for f in row.get("figures", [])
+    ]
+    return [f"{indent}summary A->B: " + "; ".join(parts)] if parts else []
+
+
 def service_lines(row: Mapping[str, Any], indent: str = "  ") -> list[str]:
     """The main service figures, A -> B, on one line (all of them are in json and html)."""
     parts = []
@@ -391,6 +419,7 @@ def render_text(report: Mapping[str, Any]) -> str:
     for row in report["datasets"]:
         lines.append("")
         lines += flip_lines(row)
+        lines += figure_line(row)
         lines += service_lines(row)
     worse = report["significantly_worse"]
     lines.append("")
@@ -437,6 +466,15 @@ def render_html(report: Mapping[str, Any]) -> str:
     for row in report["datasets"]:
         parts.append(f"<h2>{e(row['dataset'])} / {e(row['model'])}</h2>")
         parts.append(f"<p>{e(verdict_text(row))}</p>")
+        if row["figures"]:
+            parts.append("<table><tr><th>summary figure</th><th>A</th><th>B</th></tr>")
+            for f in row["figures"]:
+                digits = 0 if f["figure"] in SUMMARY_COUNTS else 2
+                parts.append(
+                    f"<tr><td>{e(f['figure'])}</td><td>{_num(f['a'], digits)}</td>"
+                    f"<td>{_num(f['b'], digits)}</td></tr>"
+                )
+            parts.append("</table>")
         for key, label in CASE_LISTS:
             ids = row[key]
             if ids:
@@ -491,6 +529,7 @@ def baseline_lines(
     for a, b in [*pairs, *pooled_pairs(pairs)]:
         row = compare_tasks(a, b)
         lines += flip_lines(row)
+        lines += figure_line(row)
         lines += service_lines(row)
     return lines
 

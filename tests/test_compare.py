@@ -128,6 +128,11 @@ def test_compare_two_runs_with_planted_flips(pytester, two_runs):
     assert "right->wrong: 12: " in proc.stdout and "wrong->right: 2: " in proc.stdout
     assert f"only in A: 1: {case[MISSING_B]}" in proc.stdout
     assert f"request failed in B: 1: {case[FAILED_B]}" in proc.stdout
+    # the two summaries side by side
+    assert (
+        f"  summary A->B: accuracy 90.00->{100 * 15 / 29:.2f}; errors 0->1; truncated 0->0; "
+        "unparsable 0->0"
+    ) in proc.stdout.splitlines()
     # service differences: the figures of each run's summary, B - A, from the predictions
     service = {s["figure"]: s for s in row["service"]}
     for run_dir, side in ((run_a, "a"), (run_b, "b")):
