@@ -466,6 +466,9 @@ def render_html(report: Mapping[str, Any]) -> str:
     for row in report["datasets"]:
         parts.append(f"<h2>{e(row['dataset'])} / {e(row['model'])}</h2>")
         parts.append(f"<p>{e(verdict_text(row))}</p>")
+        for key, label in (("not_evaluated_a", "A"), ("not_evaluated_b", "B")):
+            if row[key]:
+                parts.append(f"<p>not evaluated in {label}: {row[key]} cases</p>")
         if row["figures"]:
             parts.append("<table><tr><th>summary figure</th><th>A</th><th>B</th></tr>")
             for f in row["figures"]:
@@ -487,9 +490,11 @@ def render_html(report: Mapping[str, Any]) -> str:
                 "<table><tr><th>service figure</th><th>A</th><th>B</th><th>B - A</th><th>B / A</th></tr>"
             )
             for s in row["service"]:
+                digits = 0 if s["figure"] in _COUNTS else 4
                 parts.append(
-                    f"<tr><td>{e(s['figure'])}</td><td>{_num(s['a'], 4)}</td><td>{_num(s['b'], 4)}</td>"
-                    f"<td>{_num(s['change'], 4)}</td><td>{_num(s['ratio'], 2)}</td></tr>"
+                    f"<tr><td>{e(s['figure'])}</td><td>{_num(s['a'], digits)}</td>"
+                    f"<td>{_num(s['b'], digits)}</td><td>{_num(s['change'], digits)}</td>"
+                    f"<td>{_num(s['ratio'], 2)}</td></tr>"
                 )
             parts.append("</table>")
     parts.append("</body></html>")
