@@ -88,7 +88,7 @@ class _Requests:
         self.first = array("b")  # 0 for the 2nd..kth choice of one request with n=k
         self.kind = array("b")  # index in ERROR_KINDS, -1 when ok
         self.status = array("i")  # HTTP status of an http error, else 0
-        self.hash: list[int] = []  # the request hash's Python hash (for the replace rule)
+        self.hash = array("q")  # the request hash's Python hash (for the replace rule)
 
     def put(self, slot: int, record: Mapping[str, Any], first: bool) -> None:
         ok = bool(record.get("ok"))
@@ -186,58 +186,75 @@ def task_service(path: Path, case_ids: Collection[str] | None = None) -> dict[st
 
 
 def figures(requests: _Requests) -> dict[str, Any]:
-    n_samples = len(requests.ok)
-    first = [i for i in range(n_samples) if requests.first[i]]
-    ok = [i for i in range(n_samples) if requests.ok[i]]
+    """The figures over the slots; each sorted list lives only while its percentiles are
+    taken, so the peak is one list of floats beside the arrays."""
+    r = requests
+    n_samples = len(r.ok)
     kinds = {kind: 0 for kind in ERROR_KINDS}
     statuses: dict[str, int] = {}
-    for i in first:
-        if not requests.ok[i]:
-            kinds[ERROR_KINDS[requests.kind[i]]] += 1
-            if requests.status[i]:
-                statuses[str(requests.status[i])] = statuses.get(str(requests.status[i]), 0) + 1
-    latency = sorted(requests.latency[i] for i in first if requests.ok[i])
-    ttft = sorted(
-        requests.ttft[i] for i in first if requests.ok[i] and not math.isnan(requests.ttft[i])
+    n_requests = retries = n_ok = truncated = 0
+    for i in range(n_samples):
+        if r.ok[i]:
+            n_ok += 1
+            truncated += r.truncated[i]
+        if not r.first[i]:
+            continue
+        n_requests += 1
+        retries += max(0, r.attempts[i] - 1)
+        if not r.ok[i]:
+            kinds[ERROR_KINDS[r.kind[i]]] += 1
+            if r.status[i]:
+                statuses[str(r.status[i])] = statuses.get(str(r.status[i]), 0) + 1
+
+    def served(i: int) -> bool:
+        return bool(r.first[i] and r.ok[i])
+
+    every = range(n_samples)
+    latency = _quantiles(sorted(r.latency[i] for i in every if served(i)), (50, 90, 99))
+    ttft = _quantiles(
+        sorted(r.ttft[i] for i in every if served(i) and not math.isnan(r.ttft[i])), (50, 99)
     )
-    tokens_known = [i for i in ok if not math.isnan(requests.tokens[i])]
-    tokens = sorted(requests.tokens[i] for i in tokens_known)
     # inter-token time of a streamed reply: (latency - ttft) / (tokens - 1)
-    itl = sorted(
-        (requests.latency[i] - requests.ttft[i]) / (requests.tokens[i] - 1)
-        for i in first
-        if requests.ok[i] and not math.isnan(requests.ttft[i]) and requests.tokens[i] > 1
+    itl = _quantiles(
+        sorted(
+            (r.latency[i] - r.ttft[i]) / (r.tokens[i] - 1)
+            for i in every
+            if served(i) and not math.isnan(r.ttft[i]) and r.tokens[i] > 1
+        ),
+        (50, 99),
     )
-    per_request_rate = sorted(
-        requests.tokens[i] / requests.latency[i]
-        for i in first
-        if requests.ok[i] and requests.latency[i] > 0 and not math.isnan(requests.tokens[i])
+    tokens_sorted = sorted(r.tokens[i] for i in every if r.ok[i] and not math.isnan(r.tokens[i]))
+    tokens = _quantiles(tokens_sorted, (50, 99))
+    total_tokens = int(math.fsum(tokens_sorted)) if tokens_sorted else None
+    del tokens_sorted
+    per_request_rate = _quantiles(
+        sorted(
+            r.tokens[i] / r.latency[i]
+            for i in every
+            if served(i) and r.latency[i] > 0 and not math.isnan(r.tokens[i])
+        ),
+        (50,),
     )
-    spans = [
-        (requests.end[i] - requests.latency[i], requests.end[i])
-        for i in first
-        if not math.isnan(requests.end[i]) and not math.isnan(requests.latency[i])
+    timed = [
+        i for i in every if r.first[i] and not math.isnan(r.end[i]) and not math.isnan(r.latency[i])
     ]
-    wall = busy_time(spans)
-    in_flight = math.fsum(end - start for start, end in spans)
-    total_tokens = int(math.fsum(tokens)) if tokens else None
+    wall = busy_time((r.end[i] - r.latency[i], r.end[i]) for i in timed)
+    in_flight = math.fsum(r.latency[i] for i in timed)
     return {
-        "requests": len(first),
+        "requests": n_requests,
         "samples": n_samples,
-        "ok": len(ok),
+        "ok": n_ok,
         "errors": sum(kinds.values()),
         "error_kinds": kinds,
         "http_status": statuses,
-        "retries": sum(max(0, requests.attempts[i] - 1) for i in first),
-        "latency_s": _quantiles(latency, (50, 90, 99)),
-        "ttft_s": _quantiles(ttft, (50, 99)),
-        "itl_s": _quantiles(itl, (50, 99)),
-        "completion_tokens": {**_quantiles(tokens, (50, 99)), "total": total_tokens},
-        "truncated": sum(requests.truncated[i] for i in ok),
-        "truncated_share": (
-            round(sum(requests.truncated[i] for i in ok) / len(ok), 4) if ok else None
-        ),
-        "tokens_per_s_request": _quantiles(per_request_rate, (50,)),
+        "retries": retries,
+        "latency_s": latency,
+        "ttft_s": ttft,
+        "itl_s": itl,
+        "completion_tokens": {**tokens, "total": total_tokens},
+        "truncated": truncated,
+        "truncated_share": round(truncated / n_ok, 4) if n_ok else None,
+        "tokens_per_s_request": per_request_rate,
         "tokens_per_s": round(total_tokens / wall, 2) if total_tokens and wall > 0 else None,
         "wall_s": round(wall, 3),
         "concurrency": round(in_flight / wall, 2) if wall > 0 else None,
