@@ -181,7 +181,10 @@ def read_requests(path: Path, case_ids: Collection[str] | None = None) -> _Reque
 def task_service(path: Path, case_ids: Collection[str] | None = None) -> dict[str, Any] | None:
     """The service figures of one task from its prediction file (see the README's table);
     None when the file holds no request of the task (nothing sent, or written elsewhere)."""
-    requests = read_requests(path, case_ids)
+    try:
+        requests = read_requests(path, case_ids)
+    except OSError:  # unreadable: the accuracy summary must still be written
+        return None
     return figures(requests) if len(requests.ok) else None
 
 
