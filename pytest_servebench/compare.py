@@ -39,6 +39,7 @@ class TaskView:
     errors: set[str] = field(default_factory=set)  # cases whose request failed (unanswered)
     service: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)  # errors, truncated, unparsable...
+    no_cases: str | None = None  # why per-case scores are missing (no results file)
 
     @property
     def headline(self) -> str:
@@ -103,6 +104,7 @@ def _task_from_files(task: Mapping[str, Any], root: Path) -> TaskView:
             if case.get("status") == "error":
                 errors.add(case["case"])
     counts = task.get("counts") or {}
+    no_cases = None if results.is_file() else f"no per-case results at {results}"
     return TaskView(
         model=str(task.get("model")),
         model_config=model_config,
@@ -116,6 +118,7 @@ def _task_from_files(task: Mapping[str, Any], root: Path) -> TaskView:
         errors=errors,
         service=task.get("service"),
         counts={k: int(v) for k, v in counts.items() if isinstance(v, int)},
+        no_cases=no_cases,
     )
 
 
@@ -227,6 +230,7 @@ def compare_tasks(a: TaskView, b: TaskView) -> dict[str, Any]:
         "not_evaluated_a": a.cases - len(a.scores),
         "not_evaluated_b": b.cases - len(b.scores),
         "significantly_worse": bool(test["significant"] and test["diff"] < 0),
+        "notes": [f"{side}: {t.no_cases}" for side, t in (("A", a), ("B", b)) if t.no_cases],
         "figures": summary_figures(a, b),
         "service": service_diff(a.service, b.service),
     }
@@ -372,6 +376,7 @@ def flip_lines(
             lines.append(f"{indent}not evaluated in {label}: {row[key]} cases")
     if not row["complete"]:
         lines.append(f"{indent}a run is partial: the figures cover the evaluated cases only")
+    lines += [f"{indent}{note}" for note in row.get("notes", [])]
     return lines
 
 

@@ -167,6 +167,15 @@ def test_summary_json_files_work_too(pytester, two_runs):
     [summary_a] = run_a.glob("summary/summary_*.json")
     report = compare_runs(load_run(summary_a), load_run(run_b))
     assert report["datasets"][0]["common"] == 28
+    # a summary copied away from its run (and its work dir gone): said, not silently empty
+    lone = pytester.path / "lone.json"
+    data = json.loads(summary_a.read_text())
+    data["work_dir"] = str(pytester.path / "gone")
+    lone.write_text(json.dumps(data))
+    [row] = compare_runs(load_run(lone), load_run(run_b))["datasets"]
+    assert row["common"] == 0 and row["notes"] == [
+        f"A: no per-case results at {pytester.path / 'gone' / 'results' / 'vllm_stream_chat' / 'demo_gsm8k.json'}"
+    ]
 
 
 def view(scores: dict[str, float], errors=(), model="m", metric=None) -> TaskView:
