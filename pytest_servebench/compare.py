@@ -40,6 +40,7 @@ class TaskView:
     service: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)  # errors, truncated, unparsable...
     no_cases: str | None = None  # why per-case scores are missing (no results file)
+    version: str | None = None  # the dataset version (data, prompt, evaluator)
 
     @property
     def headline(self) -> str:
@@ -119,6 +120,7 @@ def _task_from_files(task: Mapping[str, Any], root: Path) -> TaskView:
         service=task.get("service"),
         counts={k: int(v) for k, v in counts.items() if isinstance(v, int)},
         no_cases=no_cases,
+        version=task.get("version"),
     )
 
 
@@ -137,6 +139,7 @@ def task_from_result(result: Any, service: Mapping[str, Any] | None) -> TaskView
         errors={c for c, v in result.cases.items() if v["status"] == "error"},
         service=dict(service) if service else None,
         counts=result.counts(),
+        version=result.version,
     )
 
 
@@ -230,7 +233,15 @@ def compare_tasks(a: TaskView, b: TaskView) -> dict[str, Any]:
         "not_evaluated_a": a.cases - len(a.scores),
         "not_evaluated_b": b.cases - len(b.scores),
         "significantly_worse": bool(test["significant"] and test["diff"] < 0),
-        "notes": [f"{side}: {t.no_cases}" for side, t in (("A", a), ("B", b)) if t.no_cases],
+        "notes": [f"{side}: {t.no_cases}" for side, t in (("A", a), ("B", b)) if t.no_cases]
+        + (
+            [
+                f"dataset version {a.version} in A, {b.version} in B: the data, prompt or "
+                f"evaluator changed, not only the server"
+            ]
+            if a.version and b.version and a.version != b.version
+            else []
+        ),
         "figures": summary_figures(a, b),
         "service": service_diff(a.service, b.service),
     }

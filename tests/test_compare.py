@@ -200,6 +200,12 @@ def test_fractional_scores_use_the_bootstrap():
     b = view({f"c{i}": 0.5 if i else 1.0 for i in range(20)})
     row = compare_tasks(a, b)
     assert row["paired"]["test"] == "paired_bootstrap"
+    assert row["notes"] == []
+    b.version, a.version = "v2", "v1"
+    assert compare_tasks(a, b)["notes"] == [
+        "dataset version v1 in A, v2 in B: the data, prompt or evaluator changed, not only "
+        "the server"
+    ]
     assert row["wrong_to_right"] == ["c0"] and row["right_to_wrong"] == []
     assert row["paired"]["diff"] == pytest.approx(100 * 0.5 / 20)
     assert not math.isnan(row["paired"]["p_value"])
