@@ -12,13 +12,14 @@ of the task's cases, a successful record never replaced by a later failure of th
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .store import iter_records
 
 ERROR_KINDS = ("timeout", "connection", "http", "bad_body", "other")
 TRUNCATED_REASONS = ("length",)
@@ -149,32 +150,24 @@ def read_requests(path: Path, case_ids: Collection[str] | None = None) -> _Reque
     requests = _Requests()
     slots: dict[int, int] = {}  # hash((case, sample)) -> slot
     previous: tuple[Any, Any, Any] | None = None
-    if not path.is_file():
-        return requests
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-                case, sample = record["case"], int(record["sample"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-            if case_ids is not None and case not in case_ids:
-                continue
-            # k choices of one request (n=k) are k consecutive lines with one finish time
-            group = (case, record.get("hash"), record.get("time"))
-            first = group != previous
-            previous = group
-            key = hash((case, sample))
-            slot = slots.get(key)
-            if slot is None:
-                slot = slots[key] = len(requests.ok)
-            elif (
-                requests.ok[slot]
-                and not record.get("ok")
-                and requests.hash[slot] == hash(record.get("hash"))
-            ):
-                continue
-            requests.put(slot, record, first)
+    for (case, sample), record in iter_records(path):
+        if case_ids is not None and case not in case_ids:
+            continue
+        # k choices of one request (n=k) are k consecutive lines with one finish time
+        group = (case, record.get("hash"), record.get("time"))
+        first = group != previous
+        previous = group
+        key = hash((case, sample))
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(requests.ok)
+        elif (
+            requests.ok[slot]
+            and not record.get("ok")
+            and requests.hash[slot] == hash(record.get("hash"))
+        ):
+            continue
+        requests.put(slot, record, first)
     return requests
 
 

@@ -277,8 +277,25 @@ def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     failure of the same request; torn lines from a killed process are skipped. The prompt a
     case's first record carries (for people reading the file) is not kept in memory."""
     found: dict[tuple[str, int], dict[str, Any]] = {}
+    for key, record in iter_records(path):
+        record.pop("prompt", None)
+        previous = found.get(key)
+        if (
+            previous is not None
+            and previous.get("ok")
+            and not record.get("ok")
+            and previous.get("hash") == record.get("hash")
+        ):
+            continue
+        found[key] = record
+    return found
+
+
+def iter_records(path: Path) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
+    """((case, sample), record) for each whole line of a prediction file, in file order;
+    torn lines from a killed process are skipped. Nothing when the file does not exist."""
     if not path.is_file():
-        return found
+        return
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
@@ -286,17 +303,7 @@ def load_predictions(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
                 key = (record["case"], int(record["sample"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-            record.pop("prompt", None)
-            previous = found.get(key)
-            if (
-                previous is not None
-                and previous.get("ok")
-                and not record.get("ok")
-                and previous.get("hash") == record.get("hash")
-            ):
-                continue
-            found[key] = record
-    return found
+            yield key, record
 
 
 def write_json(path: Path, data: Any) -> None:
