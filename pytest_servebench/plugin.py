@@ -358,6 +358,23 @@ class ServebenchPlugin:
         except ServebenchError as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    def _check_data_files(self) -> None:
+        """A missing data file stops the run here, in the controller, with the dataset's own
+        message. Under xdist the workers' collection error would be swallowed (0 items, exit
+        0), and no server should start for a run that cannot read its data."""
+        seen: set[str] = set()
+        for task in self.run.tasks:
+            dataset = task.dataset
+            if dataset.config.name in seen:
+                continue
+            seen.add(dataset.config.name)
+            try:
+                missing = [path for path in dataset.data_paths if not path.is_file()]
+            except ServebenchError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            if missing:
+                raise pytest.UsageError(dataset.missing_message(missing[0]))
+
     def _abort_reason(self) -> str | None:
         """Why the run stopped early. A managed server that died is named as the cause: the
         engine only sees that nothing answers any more."""
@@ -384,6 +401,7 @@ class ServebenchPlugin:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if is_worker(self.config):
             return
+        self._check_data_files()
         self._start_servers()
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is None:

@@ -249,3 +249,17 @@ def test_progress_lines_in_a_ci_log(pytester, demo_records):
     assert lines, result.stdout.str()
     assert all(re.search(r"posted \d+ received \d+ finished \d+ failed \d+", x) for x in lines)
     assert "\x1b" not in result.stdout.str()  # no escape codes when not a terminal
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_a_missing_data_file_stops_the_run_with_its_message_also_under_xdist(pytester, workers):
+    """Under xdist the workers' collection error used to vanish: '2 workers [0 items]', exit 0.
+    The controller now checks the data files before any worker or server starts."""
+    result = pytester.runpytest_subprocess(
+        "--sb-models", "vllm_chat", "--sb-datasets", "gsm8k", "-p", "no:randomly", *workers
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "dataset 'gsm8k' expects its data file at" in err
+    assert "python -m pytest_servebench download gsm8k" in err
+    assert "Traceback" not in err + result.stdout.str()
