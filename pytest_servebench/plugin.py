@@ -383,9 +383,8 @@ class ServebenchPlugin:
             return None
         for name in self.launched:
             answered = sum(
-                r.counts()["passed"] + r.counts()["failed"]
-                for r in self.results.values()
-                if r.model_name == name
+                counts["passed"] + counts["failed"]
+                for counts in (r.counts() for r in self.results.values() if r.model_name == name)
             )
             crash = self.launcher.crash_report(name, answered)
             if crash:  # the engine's own reason ("not reachable") would mislead
