@@ -46,7 +46,7 @@ def engine_client(concurrency: int, path: str) -> Any:
         import httpx
         from pytest_servebench.transport import make_client
     except ImportError:
-        from pytest_servebench.connection import Session, Settings
+        from pytest_servebench.engine.connection import Session, Settings
     else:
         client = make_client(concurrency, httpx.Timeout(connect=10, read=60, write=60, pool=None))
         if path == "httpx":
@@ -81,7 +81,7 @@ async def measure(
     url: str, path: str, stream: bool, n: int, concurrency: int, records: int
 ) -> tuple[float, float]:
     """-> (requests per second, CPU microseconds of this process per request)."""
-    from pytest_servebench.client import send
+    from pytest_servebench.engine.client import send
 
     client = engine_client(concurrency, path)
 

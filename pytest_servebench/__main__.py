@@ -10,8 +10,8 @@ def demo(argv: list[str]) -> int:
     """Evaluate the shipped GSM8K demo subset against a simulated endpoint."""
     import pytest
 
-    from .datasets import PACKAGE_DATA
-    from .testing.mockserver import MockServer, dataset_responder, load_jsonl
+    from pytest_servebench.catalog.datasets import PACKAGE_DATA
+    from pytest_servebench.testing.mockserver import MockServer, dataset_responder, load_jsonl
 
     parser = argparse.ArgumentParser(prog="python -m pytest_servebench demo")
     parser.add_argument(
@@ -52,14 +52,14 @@ def demo(argv: list[str]) -> int:
 
 def download(argv: list[str]) -> int:
     """Fetch built-in datasets from their canonical sources, verified by pinned sha256."""
-    from .download import main as download_main
+    from pytest_servebench.catalog.download import main as download_main
 
     return download_main(argv)
 
 
 def compare(argv: list[str]) -> int:
     """Two runs side by side, case by case: accuracy, flips, paired test, service figures."""
-    from .compare import main as compare_main
+    from pytest_servebench.report.compare import main as compare_main
 
     return compare_main(argv)
 

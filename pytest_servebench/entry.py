@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from . import options as opts
+from pytest_servebench.session import options as opts
 
 PLUGIN_NAME = "servebench-hooks"
 
@@ -23,7 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("sb_search") is None:
         return None
-    from .plugin import search
+    from pytest_servebench.session.plugin import search
 
     return search(config)
 
@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "servebench: a case of a servebench evaluation task")
     if not opts.wanted(config):
         return
-    from . import plugin
+    from pytest_servebench.session import plugin
 
     # pytest_configure is historic: the module's own configure runs as it is registered.
     config.pluginmanager.register(plugin, PLUGIN_NAME)

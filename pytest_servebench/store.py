@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ServebenchError
+from pytest_servebench.errors import ServebenchError
 
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 _TS = re.compile(r"^\d{8}_\d{6}(_\d+)?$")

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from pytest_servebench.errors import ConfigError
 
 
 class LineDict(dict):

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from conftest import REPO
-from pytest_servebench.config import ModelConfig
-from pytest_servebench.datasets import Dataset, read_records
+from pytest_servebench.catalog.config import ModelConfig
+from pytest_servebench.catalog.datasets import Dataset, read_records
+from pytest_servebench.catalog.finder import BUILTIN_SUITES, UNSUPPORTED, SuiteIndex, load_configs
+from pytest_servebench.engine.request_body import build_body, generation_kwargs
 from pytest_servebench.errors import ServebenchError
-from pytest_servebench.request_body import build_body, generation_kwargs
-from pytest_servebench.suites import BUILTIN_SUITES, UNSUPPORTED, SuiteIndex, load_configs
 
 AISBENCH = json.loads((Path(__file__).parent / "aisbench" / "configs.json").read_text("utf-8"))
 INDEX = SuiteIndex([(BUILTIN_SUITES, "built-in")])
@@ -212,7 +212,7 @@ def test_request_bodies_match_aisbench(name, model_type):
 
 
 def test_search_shows_the_family_and_marks_its_default():
-    from pytest_servebench.suites import search_table
+    from pytest_servebench.catalog.finder import search_table
 
     table = search_table(INDEX, pattern="math500").splitlines()
     names = [line.split()[1] for line in table[1:]]
@@ -247,8 +247,8 @@ def test_search_with_names_prints_exactly_those(pytester):
 
 
 def test_download_knows_each_aisbench_name():
-    from pytest_servebench import download as dl
-    from pytest_servebench.download import DownloadError
+    from pytest_servebench.catalog import download as dl
+    from pytest_servebench.catalog.download import DownloadError
 
     for name in supported():
         if name.startswith("demo_"):

@@ -15,8 +15,7 @@ import pytest
 from test_html import CHROMIUM, chromium_dom
 
 from conftest import SHARED_DATASETS
-from pytest_servebench.aggregate import TaskResult
-from pytest_servebench.charts import (
+from pytest_servebench.report.charts import (
     _cdf_points,
     accuracy_chart,
     latency_cdf_chart,
@@ -26,6 +25,7 @@ from pytest_servebench.charts import (
     model_charts,
     read_latencies,
 )
+from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
 

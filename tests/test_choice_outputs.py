@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_servebench.evaluators import get_evaluator, strip_reasoning
+from pytest_servebench.scoring.evaluators import get_evaluator, strip_reasoning
 
 # (output, reference, expected extraction); None = no single letter given: never guessed.
 CHAT = [

@@ -23,7 +23,8 @@ def test_a_run_without_evaluation_imports_only_the_options(pytester):
     assert set(loaded) <= {
         "pytest_servebench",
         "pytest_servebench.entry",
-        "pytest_servebench.options",
+        "pytest_servebench.session",
+        "pytest_servebench.session.options",
         "pytest_servebench.errors",
     }, loaded
 

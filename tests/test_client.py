@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_servebench.client import (
+from pytest_servebench.engine.client import (
     FatalEndpointError,
     Reply,
     RequestFailed,
@@ -23,7 +23,7 @@ from pytest_servebench.client import (
     _read_stream,
     send,
 )
-from pytest_servebench.connection import Session, Settings
+from pytest_servebench.engine.connection import Session, Settings
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer
 from pytest_servebench.testing.mockserver import Reply as MockReply
 
@@ -604,8 +604,8 @@ def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
 
 
 def test_engine_endpoint_sizes_its_pool_to_max_concurrency():
-    from pytest_servebench.config import ModelConfig
-    from pytest_servebench.engine import Endpoint
+    from pytest_servebench.catalog.config import ModelConfig
+    from pytest_servebench.engine.local import Endpoint
 
     async def main() -> None:
         config = ModelConfig(name="m", source="test", max_concurrency=7, connect_timeout=3.0)

@@ -12,8 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_servebench.compare import RunView, TaskView, compare_runs, compare_tasks, load_run
-from pytest_servebench.metrics import mcnemar_exact
+from pytest_servebench.report.compare import (
+    RunView,
+    TaskView,
+    compare_runs,
+    compare_tasks,
+    load_run,
+)
+from pytest_servebench.scoring.metrics import mcnemar_exact
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer, dataset_responder
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

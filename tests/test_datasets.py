@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_servebench.config import DatasetConfig, build
-from pytest_servebench.datasets import Dataset, expand, group_version, repair_latex
+from pytest_servebench.catalog.config import DatasetConfig, build
+from pytest_servebench.catalog.datasets import Dataset, expand, group_version, repair_latex
+from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
 from pytest_servebench.errors import ConfigError, DatasetMissingError
-from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_servebench import download as dl
 from pytest_servebench.__main__ import main as cli
+from pytest_servebench.catalog import download as dl
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is absent")
@@ -311,8 +311,8 @@ def test_every_set_from_a_loopback_mirror(tmp_path, capsys):
         assert "174 already present" in capsys.readouterr().out
     assert not leftovers(to)
     # the datasets dir now serves the configs
-    from pytest_servebench.datasets import expand
-    from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
+    from pytest_servebench.catalog.datasets import expand
+    from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
 
     _, configs = load_configs(
         SuiteIndex([(BUILTIN_SUITES, "built-in")]),

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from forward_proxy import ForwardProxy
 
-from pytest_servebench.client import (
+from pytest_servebench.engine.client import (
     FatalEndpointError,
     RequestFailed,
     RetryableError,
     list_models,
     send,
 )
-from pytest_servebench.connection import Session, Settings
+from pytest_servebench.engine.connection import Session, Settings
 from pytest_servebench.testing.mockserver import MockServer
 
 trustme = pytest.importorskip("trustme")
@@ -347,7 +347,7 @@ def test_socks_proxy_from_the_environment_is_refused_clearly(monkeypatch):
 
 
 def test_proxy_choice_by_scheme_all_proxy_and_no_proxy(monkeypatch):
-    from pytest_servebench.connection import EndpointSetupError, Proxies
+    from pytest_servebench.engine.connection import EndpointSetupError, Proxies
 
     monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:3128")
@@ -592,7 +592,7 @@ def test_connect_timeout_applies_per_attempt(blackholed_first, monkeypatch):
 
 
 def test_model_config_fields_reach_the_session(pki):
-    from pytest_servebench.config import ModelConfig, build
+    from pytest_servebench.catalog.config import ModelConfig, build
 
     raw = {
         "verify": str(pki.ca_file),
@@ -631,7 +631,7 @@ def test_model_config_fields_reach_the_session(pki):
     ],
 )  # fmt: skip
 def test_model_config_field_errors_say_what_to_do(raw, message):
-    from pytest_servebench.config import ModelConfig, build
+    from pytest_servebench.catalog.config import ModelConfig, build
     from pytest_servebench.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
@@ -641,7 +641,7 @@ def test_model_config_field_errors_say_what_to_do(raw, message):
 
 
 def test_snapshot_scrub_hides_proxy_credentials():
-    from pytest_servebench.secrets import redactor
+    from pytest_servebench.redaction import redactor
 
     scrubbed = redactor.scrub({"proxy": "http://alice:pa55word@proxy.test:3128", "n": "a@b"})
     assert scrubbed == {"proxy": "http://***@proxy.test:3128", "n": "a@b"}

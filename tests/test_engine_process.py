@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_servebench.config import ModelConfig
-from pytest_servebench.jobs import Job, RunAborted
-from pytest_servebench.remote import RemoteEngine
+from pytest_servebench.catalog.config import ModelConfig
+from pytest_servebench.engine.jobs import Job, RunAborted
+from pytest_servebench.engine.process import RemoteEngine
+from pytest_servebench.engine.wire import frame, unframe
 from pytest_servebench.store import PredictionWriter
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer
-from pytest_servebench.wire import frame, unframe
 
 
 def test_frames_come_out_whole_however_the_bytes_arrive():
@@ -212,12 +212,13 @@ def test_both_engines_give_the_same_verdicts(pytester, engine):
 def test_a_child_that_crashes_says_why_and_leaves_its_traceback_in_the_logs(tmp_path, monkeypatch):
     # A child that cannot even start (its module fails to import) stands for any crash.
     broken = tmp_path / "broken"
-    (broken / "pytest_servebench").mkdir(parents=True)
+    (broken / "pytest_servebench" / "engine").mkdir(parents=True)
     (broken / "pytest_servebench" / "__init__.py").write_text("")
-    (broken / "pytest_servebench" / "engine_child.py").write_text(
+    (broken / "pytest_servebench" / "engine" / "__init__.py").write_text("")
+    (broken / "pytest_servebench" / "engine" / "child.py").write_text(
         "raise RuntimeError('engine exploded, key sk-planted-secret')\n"
     )
-    from pytest_servebench.secrets import redactor
+    from pytest_servebench.redaction import redactor
 
     redactor.add("sk-planted-secret")
     engine = RemoteEngine(lambda cfg: {}, tmp_path / "logs")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pytest_servebench.evaluators import (
+from pytest_servebench.scoring.evaluators import (
     Evaluator,
     Judgement,
     available_evaluators,
@@ -19,8 +19,8 @@ from pytest_servebench.evaluators import (
     register_evaluator,
     strip_reasoning,
 )
-from pytest_servebench.evaluators import registry as registry_module
-from pytest_servebench.evaluators.numeric import canonical_number
+from pytest_servebench.scoring.evaluators import registry as registry_module
+from pytest_servebench.scoring.evaluators.numeric import canonical_number
 
 # --------------------------------------------------------------------------- strip_reasoning
 
@@ -537,7 +537,7 @@ def test_identity_is_stable_and_param_sensitive():
 
 
 def test_identity_changes_with_version(monkeypatch):
-    from pytest_servebench.evaluators import numeric
+    from pytest_servebench.scoring.evaluators import numeric
 
     before = get_evaluator("gsm8k").identity()
     monkeypatch.setattr(numeric, "VERSION", numeric.VERSION + 1)
@@ -582,7 +582,7 @@ def test_register_evaluator(monkeypatch):
 # --------------------------------------------------------------------------- user functions
 
 USER_MODULE = """
-from pytest_servebench.evaluators import Judgement
+from pytest_servebench.scoring.evaluators import Judgement
 
 def contains(output, reference):
     return reference.lower() in output.lower()
@@ -702,8 +702,8 @@ def test_never_crashes(text, spec):
 
 
 def test_user_function_invalid_returns_and_time_limit(tmp_path):
-    from pytest_servebench.evaluators.limits import EvaluatorTimeout
-    from pytest_servebench.evaluators.registry import InvalidJudgement
+    from pytest_servebench.scoring.evaluators.limits import EvaluatorTimeout
+    from pytest_servebench.scoring.evaluators.registry import InvalidJudgement
 
     path = tmp_path / "odd.py"
     path.write_text(
@@ -732,7 +732,7 @@ def test_user_function_invalid_returns_and_time_limit(tmp_path):
 def test_time_limit_leaves_a_timer_armed_by_someone_else_alone():
     import signal as sig
 
-    from pytest_servebench.evaluators.limits import EvaluatorTimeout, call_with_time_limit
+    from pytest_servebench.scoring.evaluators.limits import EvaluatorTimeout, call_with_time_limit
 
     if not hasattr(sig, "setitimer"):
         pytest.skip("no interval timers here")

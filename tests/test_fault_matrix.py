@@ -230,7 +230,7 @@ def _engine_children(marker: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if b"engine_child" not in (entry / "cmdline").read_bytes():
+            if b"pytest_servebench.engine.child" not in (entry / "cmdline").read_bytes():
                 continue
             pid = int(entry.name)
             for _ in range(3):

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, summary_json, truth_fraction
-from pytest_servebench.aggregate import TaskResult
 from pytest_servebench.errors import ConfigError, ServebenchError
-from pytest_servebench.gates import (
+from pytest_servebench.report.gates import (
     Gate,
     check,
     load_baseline,
@@ -20,6 +19,7 @@ from pytest_servebench.gates import (
     parse_condition,
     render,
 )
+from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer, dataset_responder
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -592,7 +592,7 @@ def ci_command(workflow: dict) -> list[str]:
 def test_ci_examples_are_valid():
     import yaml
 
-    from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
+    from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
 
     github = yaml.safe_load((CI / "github-actions.yml").read_text())
     gitlab = yaml.safe_load((CI / "gitlab-ci.yml").read_text())
@@ -618,7 +618,7 @@ def test_ci_example_command_runs(pytester):
 
     import yaml
 
-    from pytest_servebench import plugin
+    from pytest_servebench.session import plugin
 
     if "launch" not in inspect.getsource(plugin):
         pytest.skip("the plugin does not start `launch:` servers yet")
@@ -648,8 +648,8 @@ def test_gate_outcomes_in_html_report(gated, gsm8k_server, demo_records):
 
 
 def test_gates_table_escapes():
-    from pytest_servebench.gates import GateOutcome
-    from pytest_servebench.html import gates_table
+    from pytest_servebench.report.gates import GateOutcome
+    from pytest_servebench.report.html_report import gates_table
 
     text = gates_table([GateOutcome("broke", "<b>d</b> / m", "x < y & <i>z</i>")], "<exit>")
     assert "<b>" not in text and "<i>" not in text and "<exit>" not in text

@@ -14,8 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import truth_fraction
-from pytest_servebench.aggregate import TaskResult
-from pytest_servebench.html import (
+from pytest_servebench.report.html_report import (
     HEADER_CELLS,
     HtmlReport,
     accuracy_chart,
@@ -25,7 +24,8 @@ from pytest_servebench.html import (
     summary_section,
     write_self_contained,
 )
-from pytest_servebench.summary import comparison_lines, comparisons
+from pytest_servebench.report.summary import comparison_lines, comparisons
+from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.testing.mockserver import MockServer, Reply, dataset_responder
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

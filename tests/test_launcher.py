@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_servebench.config import ModelConfig, build
+from pytest_servebench.catalog.config import ModelConfig, build
 from pytest_servebench.errors import ConfigError
-from pytest_servebench.launcher import (
+from pytest_servebench.launch.launcher import (
     Launcher,
     LaunchError,
     apply_urls,
@@ -116,7 +116,7 @@ def test_launch_null_turns_it_off():
 
 
 def test_builtin_local_model_config_is_valid():
-    from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
+    from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
 
     index = SuiteIndex([(BUILTIN_SUITES, "built-in")])
     (m,), _ = load_configs(index, ["local_smollm2"], [], {})
@@ -317,8 +317,8 @@ def test_sigterm_ignored_then_killed_after_grace(launcher):
 DRIVER = """
 import sys, time
 from pathlib import Path
-from pytest_servebench.config import ModelConfig, build
-from pytest_servebench.launcher import Launcher
+from pytest_servebench.catalog.config import ModelConfig, build
+from pytest_servebench.launch.launcher import Launcher
 
 raw = {{"base_url": "http://{{host}}:{{port}}/v1",
        "launch": {{"command": {command!r}, "stop_grace": 3}}}}
@@ -385,7 +385,7 @@ def test_interrupt_while_waiting_for_ready_stops_the_server(tmp_path):
 
 def test_example_launch_configs_are_valid():
     """examples/launch cannot run here (GPU servers); they must at least load."""
-    from pytest_servebench.suites import SuiteIndex, load_configs
+    from pytest_servebench.catalog.finder import SuiteIndex, load_configs
 
     folder = Path(__file__).resolve().parent.parent / "examples" / "launch"
     index = SuiteIndex([(folder, "examples")])

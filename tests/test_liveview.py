@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, stable
-from pytest_servebench.progress import LiveBlock, task_line
+from pytest_servebench.report.progress import LiveBlock, task_line
 from pytest_servebench.testing.mockserver import MockServer, dataset_responder, load_jsonl
 
 WIDTH, HEIGHT = 250, 30  # wide: long tmp paths stay on one line
@@ -214,7 +214,7 @@ def test_live_view_falls_back_to_plain_lines(monkeypatch):
     import io
     from types import SimpleNamespace
 
-    from pytest_servebench import liveview
+    from pytest_servebench.report import liveview
 
     writer = SimpleNamespace(
         _file=io.StringIO(), width_of_current_line=0, fullwidth=80, hasmarkup=True

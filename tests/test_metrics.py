@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_servebench.metrics import (
+from pytest_servebench.scoring.metrics import (
     accuracy,
     case_metrics,
     confidence_interval,

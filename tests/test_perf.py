@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from pytest_servebench import yamlio
-from pytest_servebench.engine import RunAborted, TaskRun
-from pytest_servebench.perf import index_teardown_reports
+from pytest_servebench.engine.local import RunAborted, TaskRun
+from pytest_servebench.session.lean import index_teardown_reports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -308,8 +308,8 @@ def test_kept_reports_are_trimmed_after_every_plugin_read_them(pytester):
 
 
 def test_a_case_whose_request_cannot_be_built_fails_without_stalling_the_task(tmp_path):
-    from pytest_servebench.config import ModelConfig
-    from pytest_servebench.engine import Engine, Job
+    from pytest_servebench.catalog.config import ModelConfig
+    from pytest_servebench.engine.local import Engine, Job
     from pytest_servebench.store import PredictionWriter
     from pytest_servebench.testing.mockserver import MockServer
 
@@ -363,9 +363,9 @@ def test_results_json_is_written_as_json_reads_it(tmp_path):
 
 
 def test_compact_verdict_reads_like_the_dict_it_replaces():
-    from pytest_servebench.aggregate import TaskResult, Verdict
-    from pytest_servebench.evaluators import get_evaluator
-    from pytest_servebench.scoring import judge_case
+    from pytest_servebench.scoring.aggregate import TaskResult, Verdict
+    from pytest_servebench.scoring.evaluators import get_evaluator
+    from pytest_servebench.scoring.verdict import judge_case
 
     evaluator = get_evaluator("gsm8k")
     records = [
@@ -388,7 +388,7 @@ def test_compact_verdict_reads_like_the_dict_it_replaces():
 
 
 def test_only_the_process_own_command_line_leaves_its_objects_at_exit(pytester, monkeypatch):
-    from pytest_servebench.perf import is_process_command_line
+    from pytest_servebench.session.lean import is_process_command_line
 
     config = pytester.parseconfig("-q", "x.py")
     assert not is_process_command_line(config)  # pytest.main() / pytester: the process goes on
@@ -434,7 +434,7 @@ def test_a_mark_on_the_task_applies_to_its_cases(pytester):
 def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     import gc
 
-    from pytest_servebench.perf import GC_YOUNG_THRESHOLD
+    from pytest_servebench.session.lean import GC_YOUNG_THRESHOLD
     from pytest_servebench.testing.mockserver import MockServer
 
     _tiny_eval(pytester)
@@ -456,7 +456,7 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
 def test_the_failed_subtest_counts_read_the_same_without_storing_zeros():
     from collections import defaultdict
 
-    from pytest_servebench.perf import count_without_inserting
+    from pytest_servebench.session.lean import count_without_inserting
 
     subtests = pytest.importorskip("_pytest.subtests")
     config = SimpleNamespace(stash=pytest.Stash())

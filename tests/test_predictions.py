@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import completion_requests
-from pytest_servebench.aggregate import TaskResult
+from pytest_servebench.scoring.aggregate import TaskResult
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import summary_json
-from pytest_servebench.service import (
+from pytest_servebench.report.service import (
     busy_time,
     error_kind,
     percentile,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import completion_requests
-from pytest_servebench.aggregate import TaskResult
-from pytest_servebench.run import Options
-from pytest_servebench.summary import build_rows
+from pytest_servebench.report.summary import build_rows
+from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.session.tasks import Options
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -46,7 +46,7 @@ evaluator: choice
 """
 # Without --sb-merge-ds in this version of the options, a conftest turns merging on.
 MERGE_SHIM = """
-import pytest_servebench.options as o
+import pytest_servebench.session.options as o
 _resolve = o.resolve
 def resolve(config):
     options = _resolve(config)
@@ -240,7 +240,7 @@ def _result(dataset: str, name: str, scores: list[float], model: str = "m") -> T
 
 
 def test_group_rows_weighted_naive_and_partial(monkeypatch):
-    from pytest_servebench import datasets
+    from pytest_servebench.catalog import datasets
 
     monkeypatch.setitem(datasets.SUBSET_GROUPS, "grp", "G")
     results = [
@@ -260,7 +260,7 @@ def test_group_rows_weighted_naive_and_partial(monkeypatch):
 
 
 def test_category_rows_are_naive_averages_of_their_subsets(monkeypatch):
-    from pytest_servebench import datasets
+    from pytest_servebench.catalog import datasets
 
     monkeypatch.setitem(datasets.SUBSET_GROUPS, "grp", "G")
     categories = (("G-x", ("a", "b")), ("G-y", ("c",)), ("G-z", ("a", "missing")))
@@ -284,8 +284,8 @@ def test_category_rows_are_naive_averages_of_their_subsets(monkeypatch):
 
 
 def test_categories_come_from_a_subset_field_and_from_named_lists(tmp_path):
-    from pytest_servebench.config import DatasetConfig
-    from pytest_servebench.datasets import load_subsets
+    from pytest_servebench.catalog.config import DatasetConfig
+    from pytest_servebench.catalog.datasets import load_subsets
 
     config = DatasetConfig(
         name="ce",
@@ -315,10 +315,10 @@ def test_built_in_categories_split_every_subject_once():
     exactly one category (C-Eval's `hard` aside, a subset of STEM)."""
     import yaml
 
-    from pytest_servebench.config import DatasetConfig, build
-    from pytest_servebench.datasets import load_subsets
+    from pytest_servebench.catalog.config import DatasetConfig, build
+    from pytest_servebench.catalog.datasets import load_subsets
 
-    root = Path(__file__).resolve().parent.parent / "pytest_servebench" / "suites" / "datasets"
+    root = Path(__file__).resolve().parent.parent / "suites" / "datasets"
     seen = 0
     for path in sorted(root.glob("*/*.yaml")):
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
