@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pytest_servebench.errors import ConfigError
+from pytest_servebench.redaction import redact_url
 from pytest_servebench.yamlio import line_of, mark_origin
 
 NoneType = type(None)
@@ -48,6 +50,25 @@ def _check_type(value: Any, expected: Any) -> Any:
     if isinstance(value, types):
         return value
     raise TypeError
+
+
+PROXY_SCHEMES = ("http", "https")
+
+
+def proxy_url_problem(url: str) -> str | None:
+    """Why aiohttp cannot use this proxy URL (http:// or https://, with a host), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        return f"{redact_url(url)} is not a URL"
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+        return (
+            f"{redact_url(url)} is not a supported proxy: use an HTTP proxy "
+            f"(http://HOST:PORT, credentials as http://USER:PASSWORD@HOST:PORT); "
+            f"SOCKS proxies are not supported"
+        )
+    return None
 
 
 @dataclass
@@ -168,7 +189,6 @@ class ModelConfig:
 
     def _validate_connection(self, raw: Any) -> None:
         """verify, cert and proxy: files that exist, a proxy URL aiohttp can use."""
-        from pytest_servebench.engine.connection import EndpointSetupError, check_proxy_url
 
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(
@@ -193,10 +213,9 @@ class ModelConfig:
                 if not Path(f).expanduser().is_file():
                     raise fail("cert", f"no file at {f}")
         if self.proxy:
-            try:
-                check_proxy_url(self.proxy, "proxy")
-            except EndpointSetupError as exc:
-                raise fail("proxy", str(exc).removeprefix("proxy: ")) from None
+            problem = proxy_url_problem(self.proxy)
+            if problem:
+                raise fail("proxy", problem)
 
     @property
     def base_urls(self) -> list[str]:

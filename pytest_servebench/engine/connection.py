@@ -17,9 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from pytest_servebench.redaction import redact_url
+from pytest_servebench.catalog.config import proxy_url_problem
 
 if TYPE_CHECKING:
     import aiohttp
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 HAPPY_EYEBALLS_DELAY = 0.25  # seconds before the next address is tried (RFC 8305's default)
 MAX_REDIRECTS = 10
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept
-PROXY_SCHEMES = ("http", "https")
 # Variables that name a CA bundle, in the order httpx (SSL_CERT_*) and requests read them.
 CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -156,17 +154,9 @@ def environment_proxies() -> dict[str, str]:
 
 def check_proxy_url(url: str, where: str) -> None:
     """A proxy URL aiohttp can use: http:// or https://, with a host."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError:
-        raise EndpointSetupError(f"{where}: {redact_url(url)} is not a URL") from None
-    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
-        raise EndpointSetupError(
-            f"{where}: {redact_url(url)} is not a supported proxy: use an HTTP proxy "
-            f"(http://HOST:PORT, credentials as http://USER:PASSWORD@HOST:PORT); "
-            f"SOCKS proxies are not supported"
-        )
+    problem = proxy_url_problem(url)
+    if problem:
+        raise EndpointSetupError(f"{where}: {problem}")
 
 
 @dataclass(frozen=True)
