@@ -19,6 +19,7 @@ import pytest
 
 from pytest_servebench.__main__ import main as cli
 from pytest_servebench.catalog import download as dl
+from pytest_servebench.catalog import sources
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is absent")
@@ -92,7 +93,7 @@ def leftovers(folder: Path) -> list[Path]:
     ]
 
 
-def toy_source(**changes) -> dl.Source:
+def toy_source(**changes) -> sources.Source:
     fields = dict(
         name="toy",
         title="Toy set",
@@ -103,7 +104,7 @@ def toy_source(**changes) -> dl.Source:
         extras=("toy/LICENSE",),
     )
     fields.update(changes)
-    return dl.Source(**fields)
+    return sources.Source(**fields)
 
 
 # -- single files --------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def test_archive_members_are_verified_one_by_one(served, tmp_path, prefix):
     source = toy_source(
         required=("toy/test/", "toy/dev/"),
         extras=(),
-        archive=dl.Archive(f"{server.url}/set.zip", sha(blob), len(blob)),
+        archive=sources.Archive(f"{server.url}/set.zip", sha(blob), len(blob)),
     )
     to = tmp_path / "datasets"
     report = dl.download(source, to, sums=sums, say=lambda _: None)
@@ -242,7 +243,7 @@ def test_archive_with_a_wrong_member_or_checksum_fails_cleanly(served, tmp_path)
     source = toy_source(
         required=("toy/test/",),
         extras=(),
-        archive=dl.Archive(f"{server.url}/set.zip", sha(b"another archive"), len(blob)),
+        archive=sources.Archive(f"{server.url}/set.zip", sha(b"another archive"), len(blob)),
     )
     sums = {"toy/test/a_test.csv": sha(files["test/a_test.csv"])}
     with pytest.raises(dl.DownloadError, match="does not match the pinned"):
@@ -250,7 +251,7 @@ def test_archive_with_a_wrong_member_or_checksum_fails_cleanly(served, tmp_path)
     source = toy_source(
         required=("toy/test/",),
         extras=(),
-        archive=dl.Archive(f"{server.url}/set.zip", sha(blob), len(blob)),
+        archive=sources.Archive(f"{server.url}/set.zip", sha(blob), len(blob)),
     )
     with pytest.raises(dl.DownloadError, match="does not match its pinned"):
         dl.download(source, to, sums={"toy/test/a_test.csv": sha(b"other")}, say=lambda _: None)
@@ -271,11 +272,11 @@ def test_real_mmlu_archive_layout(served, tmp_path, monkeypatch):
     }
     blob = make_zip(files, "data/")
     (root / "mmlu.zip").write_bytes(blob)
-    source = dl.SOURCES["mmlu"]
-    fake = dl.Source(
+    source = sources.SOURCES["mmlu"]
+    fake = sources.Source(
         **{
             **{f: getattr(source, f) for f in source.__dataclass_fields__},
-            "archive": dl.Archive(f"{server.url}/mmlu.zip", sha(blob), len(blob)),
+            "archive": sources.Archive(f"{server.url}/mmlu.zip", sha(blob), len(blob)),
             "urls": {},
         }
     )
@@ -298,9 +299,9 @@ def test_every_set_from_a_loopback_mirror(tmp_path, capsys):
         assert cli(["download", "all", "--to", str(to), "--mirror", server.url]) == 0
         out = capsys.readouterr().out
         assert "CC BY-NC-SA 4.0" in out and "non-commercial" in out  # C-Eval's licence
-        sums = dl.pinned_sums()
-        for name in dl.SOURCES:
-            required, _ = dl.files_of(dl.SOURCES[name], sums)
+        sums = sources.pinned_sums()
+        for name in sources.SOURCES:
+            required, _ = sources.files_of(sources.SOURCES[name], sums)
             for rel in required:
                 assert hashlib.sha256((to / rel).read_bytes()).hexdigest() == sums[rel], rel
         count = len(server.requests)
@@ -353,13 +354,15 @@ def test_cli_names_and_list(capsys):
         "arc_challenge",
         "aime2025",
     ]
-    assert [s.name for s in dl.resolve_names(["all"])] == list(dl.SOURCES)
+    assert [s.name for s in dl.resolve_names(["all"])] == list(sources.SOURCES)
     assert cli(["download"]) == 2
 
 
 def test_pinned_sums_cover_every_builtin_source():
-    sums = dl.pinned_sums()
-    counts = {name: len(dl.files_of(source, sums)[0]) for name, source in dl.SOURCES.items()}
+    sums = sources.pinned_sums()
+    counts = {
+        name: len(sources.files_of(source, sums)[0]) for name, source in sources.SOURCES.items()
+    }
     assert counts == {
         "gsm8k": 1,
         "math500": 1,
@@ -369,7 +372,7 @@ def test_pinned_sums_cover_every_builtin_source():
         "ceval": 104,
         "arc_challenge": 1,
     }
-    for source in dl.SOURCES.values():  # canonical sources are pinned to a commit or an oid
+    for source in sources.SOURCES.values():  # canonical sources are pinned to a commit or an oid
         for urls in source.urls.values():
             assert all(u.startswith("https://") for u in urls)
         if source.archive is not None:
@@ -377,7 +380,7 @@ def test_pinned_sums_cover_every_builtin_source():
 
 
 def test_ceval_is_never_shipped():
-    package = Path(dl.__file__).parent
+    package = Path(dl.__file__).parents[1]  # the whole pytest_servebench package
     shipped = [p for p in package.rglob("*") if p.is_file() and p.suffix not in (".yaml", ".pyc")]
     assert not [p for p in shipped if "ceval" in str(p.relative_to(package)).lower()]
-    assert json.dumps(dl.SOURCES["ceval"].license).count("NC") == 1
+    assert json.dumps(sources.SOURCES["ceval"].license).count("NC") == 1

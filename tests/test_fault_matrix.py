@@ -5,7 +5,7 @@ checks what an outside observer sees: the summary (partial, with its reason), th
 command, the documented exit status (the same with and without -n), the files on disk, the
 number of requests the server saw, and that no INTERNALERROR or traceback of ours is shown.
 
-Exit statuses (README, "Exit status"): 0 all passed; 1 a case failed or errored, or the run
+Exit statuses (docs/faults.md, "How a run ends"): 0 all passed; 1 a case failed or errored, or the run
 was cut short (endpoint down, fatal status, engine process gone, disk full); 2 interrupted
 by the user (Ctrl-C, SIGTERM); 4 unusable input (options, configs, data, work dir)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -91,7 +92,7 @@ class ModelConfig:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 30.0
     supports_n: bool = False
-    # How requests reach the endpoint (see connection.py and README "Endpoints").
+    # How requests reach the endpoint (see engine/connection.py and docs/configs.md, "Endpoints").
     verify: bool | str = True  # false, or a CA bundle (PEM file or folder)
     cert: str | list[str] | None = None  # client certificate: PATH or [CERT, KEY]
     proxy: str | None = None  # http://[USER:PASSWORD@]HOST:PORT for every request
@@ -432,8 +433,6 @@ class DatasetConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit must be at least 1", self.source, line_of(raw, "limit"))
         if self.subsets is not None:
-            from pytest_servebench.catalog.datasets import check_subsets
-
             check_subsets(self, line_of(raw, "subsets"))
 
 
@@ -497,3 +496,71 @@ def apply_override(
 
 def describe_source(path: Path) -> str:
     return str(path)
+
+
+# -- subsets: structural checks (names that need the datasets dir come later) ----------------
+
+_SUBSET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+_SUBSET_KEYS = ("names", "file", "fields", "abbr", "group_by", "groups")
+
+
+def check_subsets(config: DatasetConfig, line: int | None) -> None:
+    """Structural checks of `subsets:` (names that need the datasets dir come later)."""
+    spec = config.subsets or {}
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"subsets: {message}", config.source, line)
+
+    unknown = [k for k in spec if k not in _SUBSET_KEYS]
+    if unknown:
+        fail(f"unknown key {unknown[0]!r} (keys: {', '.join(_SUBSET_KEYS)})")
+    if ("names" in spec) == ("file" in spec):
+        fail("give exactly one of `names` (a list or mapping) or `file` (a file listing them)")
+    names = spec.get("names")
+    if names is not None:
+        if isinstance(names, Mapping):
+            for name, fields in names.items():
+                if fields is not None and not isinstance(fields, Mapping):
+                    fail(f"the fields of subset {name!r} must be a mapping, got {fields!r}")
+            names = list(names)
+        if not isinstance(names, list) or not names:
+            fail("`names` must be a non-empty list or mapping of subset names")
+        check_subset_names([str(n) for n in names], fail)
+    if "file" in spec and not isinstance(spec["file"], str):
+        fail("`file` must be a path relative to the datasets dir")
+    if "fields" in spec and not (
+        isinstance(spec["fields"], list) and all(isinstance(f, str) for f in spec["fields"])
+    ):
+        fail("`fields` must be a list of field names")
+    groups = spec.get("groups")
+    if groups is not None and not (
+        isinstance(groups, Mapping)
+        and all(
+            isinstance(members, list) and members and all(isinstance(m, str) for m in members)
+            for members in groups.values()
+        )
+    ):
+        fail("`groups` must map each group name to a non-empty list of subset names")
+    if "group_by" in spec and not isinstance(spec["group_by"], str):
+        fail("`group_by` must name a field of the subsets (e.g. category)")
+    abbr = spec.get("abbr")
+    if abbr is not None and (not isinstance(abbr, str) or "{subset}" not in abbr):
+        fail("`abbr` must be a string containing {subset}, e.g. ceval-{subset}")
+    if "{subset}" not in config.path:
+        raise ConfigError(
+            "a dataset with `subsets` needs {subset} in `path` (e.g. mmlu/test/{subset}_test.csv)",
+            config.source,
+            line,
+        )
+
+
+def check_subset_names(names: list[str], fail: Callable[[str], None]) -> None:
+    """Subset names become file names and summary rows: a safe charset, each name once."""
+    seen: set[str] = set()
+    for name in names:
+        if not _SUBSET_NAME.fullmatch(name):
+            fail(f"subset name {name!r} may only hold letters, digits, '_', '.' and '-'")
+        if name in seen:
+            fail(f"subset {name!r} is listed twice")
+        seen.add(name)

@@ -30,7 +30,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pytest_servebench.catalog.config import DatasetConfig
+from pytest_servebench.catalog.config import DatasetConfig, check_subset_names
+from pytest_servebench.catalog.sources import SOURCES
 from pytest_servebench.errors import ConfigError, DatasetMissingError
 from pytest_servebench.scoring.evaluators import Evaluator, get_evaluator
 
@@ -38,7 +39,6 @@ PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
-_SUBSET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 Prompt = str | list[dict[str, str]]
 
@@ -262,69 +262,6 @@ class SubsetSpec:
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-_SUBSET_KEYS = ("names", "file", "fields", "abbr", "group_by", "groups")
-
-
-def check_subsets(config: DatasetConfig, line: int | None) -> None:
-    """Structural checks of `subsets:` (names that need the datasets dir come later)."""
-    spec = config.subsets or {}
-
-    def fail(message: str) -> None:
-        raise ConfigError(f"subsets: {message}", config.source, line)
-
-    unknown = [k for k in spec if k not in _SUBSET_KEYS]
-    if unknown:
-        fail(f"unknown key {unknown[0]!r} (keys: {', '.join(_SUBSET_KEYS)})")
-    if ("names" in spec) == ("file" in spec):
-        fail("give exactly one of `names` (a list or mapping) or `file` (a file listing them)")
-    names = spec.get("names")
-    if names is not None:
-        if isinstance(names, Mapping):
-            for name, fields in names.items():
-                if fields is not None and not isinstance(fields, Mapping):
-                    fail(f"the fields of subset {name!r} must be a mapping, got {fields!r}")
-            names = list(names)
-        if not isinstance(names, list) or not names:
-            fail("`names` must be a non-empty list or mapping of subset names")
-        _check_names([str(n) for n in names], fail)
-    if "file" in spec and not isinstance(spec["file"], str):
-        fail("`file` must be a path relative to the datasets dir")
-    if "fields" in spec and not (
-        isinstance(spec["fields"], list) and all(isinstance(f, str) for f in spec["fields"])
-    ):
-        fail("`fields` must be a list of field names")
-    groups = spec.get("groups")
-    if groups is not None and not (
-        isinstance(groups, Mapping)
-        and all(
-            isinstance(members, list) and members and all(isinstance(m, str) for m in members)
-            for members in groups.values()
-        )
-    ):
-        fail("`groups` must map each group name to a non-empty list of subset names")
-    if "group_by" in spec and not isinstance(spec["group_by"], str):
-        fail("`group_by` must name a field of the subsets (e.g. category)")
-    abbr = spec.get("abbr")
-    if abbr is not None and (not isinstance(abbr, str) or "{subset}" not in abbr):
-        fail("`abbr` must be a string containing {subset}, e.g. ceval-{subset}")
-    if "{subset}" not in config.path:
-        raise ConfigError(
-            "a dataset with `subsets` needs {subset} in `path` (e.g. mmlu/test/{subset}_test.csv)",
-            config.source,
-            line,
-        )
-
-
-def _check_names(names: list[str], fail: Any) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if not _SUBSET_NAME.fullmatch(name):
-            fail(f"subset name {name!r} may only hold letters, digits, '_', '.' and '-'")
-        if name in seen:
-            fail(f"subset {name!r} is listed twice")
-        seen.add(name)
-
-
 def load_subsets(config: DatasetConfig, datasets_dir: Path) -> SubsetSpec:
     spec = config.subsets or {}
     abbr = str(spec.get("abbr") or f"{config.abbr}_{{subset}}")
@@ -350,7 +287,7 @@ def load_subsets(config: DatasetConfig, datasets_dir: Path) -> SubsetSpec:
     def fail(message: str) -> None:
         raise ConfigError(f"subsets: {message}", config.source)
 
-    _check_names(names, fail)
+    check_subset_names(names, fail)
     return SubsetSpec(tuple(names), fields, abbr, _groups(spec, names, fields))
 
 
@@ -397,8 +334,6 @@ def _with_subset(text: str, subset: str | None) -> str:
 
 
 def _download_hint(config: DatasetConfig, datasets_dir: Path) -> str:
-    from pytest_servebench.catalog.download import SOURCES
-
     top = Path(config.path).parts[0] if Path(config.path).parts else config.path
     if top in SOURCES:
         msg = (

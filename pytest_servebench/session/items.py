@@ -95,7 +95,7 @@ class CaseItem(pytest.Item):
 
     def setup(self) -> None:
         state = self.collector.state
-        self.records = state.records_for(self)
+        self.records = state.records_for(self.case)
         self.verdict = state.judge(self.case, self.records)
         # JUnit properties: --junitxml shows each case's score, answer and reference.
         self.user_properties = [

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pytest_servebench.catalog.datasets import Case
 from pytest_servebench.catalog.finder import (
     SuiteIndex,
     load_configs,
@@ -561,7 +562,10 @@ class ServebenchPlugin:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         cases = [i for i in session.items if isinstance(i, CaseItem)]
-        self.run.set_items(cases)
+        selected: dict[str, list[Case]] = {}
+        for item in cases:
+            selected.setdefault(item.collector.task.key, []).append(item.case)
+        self.run.select(selected)
         # pytest-rerunfailures and the like run a case again: its served answer is kept
         self.run.keep_taken = bool(cases) and bool(perf.protocol_takers(self.config, cases[0]))
 

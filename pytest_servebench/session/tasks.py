@@ -21,7 +21,6 @@ from pytest_servebench.store import PredictionWriter, WorkDir, disk_error_messag
 
 if TYPE_CHECKING:
     from pytest_servebench.engine.local import Engine, TaskRun
-    from pytest_servebench.session.items import CaseItem
 
 log = logging.getLogger("servebench")
 
@@ -71,6 +70,7 @@ class TaskState:
         self.ready: dict[str, list[dict[str, Any]]] = {}
         self.kept: dict[str, list[dict[str, Any]]] = {}  # saved samples of a case being resent
         self.started = False
+        self.selected: list[Case] = []  # what pytest will run of this task (Run.select)
         # The records handed over, kept only while a plugin may run a case again (Run.keep_taken)
         self.taken: dict[str, list[dict[str, Any]]] = {}
         # "reused N saved answers, sending M" of a resumed task, until a report carries it to
@@ -99,11 +99,10 @@ class TaskState:
             return [Job(case.id, 0, k, body, digest, case.reference)]
         return [Job(case.id, s, 1, body, digest, case.reference) for s in range(k)]
 
-    def start(self, items: list[CaseItem]) -> None:
+    def start(self, cases: list[Case]) -> None:
         """Submit every selected case of this task, in item order, reusing saved answers."""
         self.started = True
         mode = self.run.options.mode
-        cases = [item.case for item in items]
         if mode == "eval":
             for case in cases:
                 self.ready[case.id] = self._saved_records(case, None)
@@ -201,10 +200,9 @@ class TaskState:
             records.append(record)
         return records
 
-    def records_for(self, item: CaseItem) -> list[dict[str, Any]]:
+    def records_for(self, case: Case) -> list[dict[str, Any]]:
         if not self.started:
-            self.start(self.run.items_of(self.task))
-        case = item.case
+            self.start(self.selected)
         again = self.taken.get(case.id)
         if again is not None and all(r.get("ok") for r in again):
             return again  # run again (pytest-rerunfailures): the served answer stands
@@ -293,7 +291,6 @@ class Run:
         self.tasks = [Task(m, ds) for m in models for ds in expanded]
         self.states = {t.key: TaskState(t, self) for t in self.tasks}
         self.engine = make_engine(options.engine, self._headers, work.root / "logs")
-        self._items: list[CaseItem] = []
         self.keep_taken = False  # a plugin may run a case again: keep what each was given
         self.on_wait: Callable[[], None] = lambda: None
         for model in models:
@@ -314,10 +311,12 @@ class Run:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def set_items(self, items: list[CaseItem]) -> None:
-        self._items = items
-        for item in items:  # the models of a run share a dataset's cases
-            item.case.runs_left += 1
+    def select(self, selected: dict[str, list[Case]]) -> None:
+        """The cases pytest will run, per task key, in run order (after -k, --lf, deselection)."""
+        for key, state in self.states.items():
+            state.selected = selected.get(key, [])
+            for case in state.selected:  # the models of a run share a dataset's cases
+                case.runs_left += 1
 
     def sends_to(self, model: ModelConfig) -> bool:
         """Whether any task of `model` may need a request (a task whose data cannot be read
@@ -328,9 +327,6 @@ class Run:
             )
         except Exception:
             return True
-
-    def items_of(self, task: Task) -> list[CaseItem]:
-        return [i for i in self._items if i.collector.task is task]
 
     def close(self) -> None:
         self.engine.close()
