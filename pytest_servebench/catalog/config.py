@@ -494,10 +494,6 @@ def apply_override(
     node[dotted[-1]] = value
 
 
-def describe_source(path: Path) -> str:
-    return str(path)
-
-
 # -- subsets: structural checks (names that need the datasets dir come later) ----------------
 
 _SUBSET_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -571,10 +571,6 @@ class Dataset:
         self._shots[subset] = shots
         return shots
 
-    @property
-    def fewshot_examples(self) -> list[dict[str, Any]]:
-        return self.fewshot_for(self.subset_names[0])
-
     # -- prompts -----------------------------------------------------------------------------
     def render(self, case: Case) -> Prompt:
         """The prompt for one case: a string (completions) or chat messages."""

@@ -107,7 +107,6 @@ class SuiteIndex:
         self.folders = [(Path(f), origin) for f, origin in folders]
         self._entries: dict[tuple[str, str], Entry] = {}
         self._raw_cache: dict[Path, Any] = {}
-        self.shadowed: list[tuple[Entry, Entry]] = []
         self._gates: list[Entry] = []
         for folder, origin in self.folders:
             for path in sorted(folder.rglob("*.yaml")) + sorted(folder.rglob("*.yml")):
@@ -127,10 +126,8 @@ class SuiteIndex:
         for name in names:
             entry = Entry(kind, name, path, origin, alias=name != path.stem)
             key = (kind, name)
-            if key in self._entries:
-                self.shadowed.append((self._entries[key], entry))
-                continue
-            self._entries[key] = entry
+            # first folder wins: a project's config of a built-in's name replaces it
+            self._entries.setdefault(key, entry)
 
     def _load(self, path: Path) -> Any:
         if path not in self._raw_cache:
