@@ -78,15 +78,12 @@ async def ask(session: Session, base_url: str, stream: bool = False) -> str:
     return replies[0].content
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
 # --------------------------------------------------------------------------- TLS
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-def test_https_trusted_through_verify(pki, stream):
+async def test_https_trusted_through_verify(pki, stream):
     with MockServer(lambda r: "secure", ssl=pki.server_context()) as srv:
         assert srv.base_url.startswith("https://127.0.0.1:")
 
@@ -97,12 +94,13 @@ def test_https_trusted_through_verify(pki, stream):
                 localhost = srv.base_url.replace("127.0.0.1", "localhost")
                 assert await ask(session, localhost, stream) == "secure"
 
-        run(main())
+        await main()
         assert srv.stats.connections_opened == 2  # one per origin, kept alive
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_DIR"])
-def test_https_trusted_through_the_environment(pki, monkeypatch, tmp_path, variable):
+async def test_https_trusted_through_the_environment(pki, monkeypatch, tmp_path, variable):
     value = str(pki.ca_file)
     if variable == "SSL_CERT_DIR":  # a hashed folder, as c_rehash makes it
         folder = tmp_path / "certs"
@@ -121,7 +119,7 @@ def test_https_trusted_through_the_environment(pki, monkeypatch, tmp_path, varia
                 with pytest.raises(FatalEndpointError, match="not trusted"):
                     await ask(session, srv.base_url)
 
-        run(main())
+        await main()
 
 
 def _subject_hash(pem: Path) -> str:
@@ -135,7 +133,8 @@ def _subject_hash(pem: Path) -> str:
     return out.stdout.strip()
 
 
-def test_untrusted_certificate_is_one_clear_fatal_error(pki):
+@pytest.mark.asyncio
+async def test_untrusted_certificate_is_one_clear_fatal_error(pki):
     with MockServer(lambda r: "secure", ssl=pki.server_context()) as srv:
 
         async def main() -> None:
@@ -152,11 +151,12 @@ def test_untrusted_certificate_is_one_clear_fatal_error(pki):
                 with pytest.raises(FatalEndpointError, match="not trusted"):
                     await list_models(session, srv.base_url, {})
 
-        run(main())
+        await main()
         assert srv.stats.completed == 0
 
 
-def test_verify_false_skips_the_check_and_wrong_host_is_refused(pki):
+@pytest.mark.asyncio
+async def test_verify_false_skips_the_check_and_wrong_host_is_refused(pki):
     other = trustme.CA().issue_cert("elsewhere.test")  # another CA, another name
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     other.configure_cert(context)
@@ -169,11 +169,12 @@ def test_verify_false_skips_the_check_and_wrong_host_is_refused(pki):
                 with pytest.raises(FatalEndpointError, match=r"company-ca\.pem"):
                     await ask(session, srv.base_url)
 
-        run(main())
+        await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("answers", [True, False], ids=["answers-400", "silent"])
-def test_tls_to_a_plain_http_server_never_suggests_http(answers):
+async def test_tls_to_a_plain_http_server_never_suggests_http(answers):
     """A server that speaks plain HTTP: most answer the TLS hello with an HTTP 400 (an SSL
     "wrong version number"); a silent one lets the handshake time out."""
 
@@ -200,10 +201,11 @@ def test_tls_to_a_plain_http_server_never_suggests_http(answers):
         assert f"127.0.0.1:{port}" in text
         assert ("TLS" in text) if answers else ("TLS handshake" in text)
 
-    run(main())
+    await main()
 
 
-def test_mutual_tls(pki):
+@pytest.mark.asyncio
+async def test_mutual_tls(pki):
     with MockServer(lambda r: "mutual", ssl=pki.server_context(client_certs=True)) as srv:
 
         async def main() -> None:
@@ -219,15 +221,16 @@ def test_mutual_tls(pki):
             assert "http://" not in text
             assert "--sb-set model.cert=" in text
 
-        run(main())
+        await main()
         assert srv.stats.completed == 2
 
 
 # --------------------------------------------------------------------------- proxies
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-def test_https_through_a_proxy_from_the_environment(pki, monkeypatch, stream):
+async def test_https_through_a_proxy_from_the_environment(pki, monkeypatch, stream):
     with (
         MockServer(lambda r: "tunnelled", ssl=pki.server_context()) as srv,
         ForwardProxy() as proxy,
@@ -240,12 +243,13 @@ def test_https_through_a_proxy_from_the_environment(pki, monkeypatch, stream):
                 for _ in range(3):
                     assert await ask(session, srv.base_url, stream) == "tunnelled"
 
-        run(main())
+        await main()
         assert proxy.tunnels == [f"127.0.0.1:{srv.port}"]  # one tunnel, kept alive
         assert srv.stats.completed == 3
 
 
-def test_http_through_a_proxy_in_absolute_form_and_all_proxy(monkeypatch):
+@pytest.mark.asyncio
+async def test_http_through_a_proxy_in_absolute_form_and_all_proxy(monkeypatch):
     with MockServer(lambda r: "forwarded") as srv, ForwardProxy() as proxy:
         monkeypatch.setenv("ALL_PROXY", proxy.url)
 
@@ -255,7 +259,7 @@ def test_http_through_a_proxy_in_absolute_form_and_all_proxy(monkeypatch):
                 assert await ask(session, srv.base_url, stream=True) == "forwarded"
                 assert await list_models(session, srv.base_url, {}) == ["mock-model"]
 
-        run(main())
+        await main()
         assert proxy.forwarded == [
             srv.base_url + "/chat/completions",
             srv.base_url + "/chat/completions",
@@ -264,7 +268,8 @@ def test_http_through_a_proxy_in_absolute_form_and_all_proxy(monkeypatch):
         assert proxy.tunnels == []
 
 
-def test_proxy_field_wins_and_no_proxy_bypasses_the_environment_proxy(pki, monkeypatch):
+@pytest.mark.asyncio
+async def test_proxy_field_wins_and_no_proxy_bypasses_the_environment_proxy(pki, monkeypatch):
     with (
         MockServer(lambda r: "ok", ssl=pki.server_context()) as srv,
         ForwardProxy() as env_proxy,
@@ -288,10 +293,11 @@ def test_proxy_field_wins_and_no_proxy_bypasses_the_environment_proxy(pki, monke
                 assert await ask(session, srv.base_url) == "ok"
             assert len(env_proxy.tunnels) == 1  # trust_env false: no proxy variable read
 
-        run(main())
+        await main()
 
 
-def test_proxy_credentials_are_sent_and_never_shown(pki):
+@pytest.mark.asyncio
+async def test_proxy_credentials_are_sent_and_never_shown(pki):
     with (
         MockServer(lambda r: "ok", ssl=pki.server_context()) as srv,
         ForwardProxy(credentials="alice:s3cret-pw") as proxy,
@@ -309,11 +315,12 @@ def test_proxy_credentials_are_sent_and_never_shown(pki):
             assert f"http://***@127.0.0.1:{proxy.port}" in message
             assert "wrong-pw" not in message and "alice" not in message
 
-        run(main())
+        await main()
         assert proxy.rejected == 1
 
 
-def test_unreachable_proxy_is_named_redacted():
+@pytest.mark.asyncio
+async def test_unreachable_proxy_is_named_redacted():
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]  # closed when the test runs: nothing listens
@@ -329,10 +336,11 @@ def test_unreachable_proxy_is_named_redacted():
         assert "--sb-set corp.proxy=" in (info.value.unreachable or "")
         assert "base_url" not in (info.value.unreachable or "")
 
-    run(main())
+    await main()
 
 
-def test_socks_proxy_from_the_environment_is_refused_clearly(monkeypatch):
+@pytest.mark.asyncio
+async def test_socks_proxy_from_the_environment_is_refused_clearly(monkeypatch):
     monkeypatch.setenv("ALL_PROXY", "socks5://user:pw1234@127.0.0.1:1080")
 
     async def main() -> None:
@@ -343,7 +351,7 @@ def test_socks_proxy_from_the_environment_is_refused_clearly(monkeypatch):
         assert "SOCKS proxies are not supported" in str(info.value)
         assert "pw1234" not in str(info.value)
 
-    run(main())
+    await main()
 
 
 def test_proxy_choice_by_scheme_all_proxy_and_no_proxy(monkeypatch):
@@ -415,9 +423,10 @@ class Redirector:
             writer.close()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("status", [307, 308])
 @pytest.mark.parametrize("stream", [False, True])
-def test_307_308_chains_keep_method_and_body(status, stream):
+async def test_307_308_chains_keep_method_and_body(status, stream):
     seen_bodies: list[dict] = []
 
     def responder(r) -> str:
@@ -435,7 +444,7 @@ def test_307_308_chains_keep_method_and_body(status, stream):
                 assert replies[0].content == "moved on"
                 return hop.seen
 
-        seen = run(main())
+        seen = await main()
     assert [line for line, _, _ in seen] == [
         "POST /v1/chat/completions HTTP/1.1",
         "POST /v1/hop/chat/completions HTTP/1.1",
@@ -445,7 +454,8 @@ def test_307_308_chains_keep_method_and_body(status, stream):
     assert srv.stats.completed == 1
 
 
-def test_redirect_from_http_to_https_uses_the_verify_setting(pki):
+@pytest.mark.asyncio
+async def test_redirect_from_http_to_https_uses_the_verify_setting(pki):
     with MockServer(lambda r: "upgraded", ssl=pki.server_context()) as srv:
 
         async def main() -> None:
@@ -455,11 +465,12 @@ def test_redirect_from_http_to_https_uses_the_verify_setting(pki):
             ):
                 assert await ask(session, hop.url + "/v1") == "upgraded"
 
-        run(main())
+        await main()
         assert srv.stats.completed == 1
 
 
-def test_redirect_to_another_origin_drops_the_authorization_header():
+@pytest.mark.asyncio
+async def test_redirect_to_another_origin_drops_the_authorization_header():
     async def main() -> None:
         async with Redirector("", 200) as target:  # records heads (its 200 has no body)
             async with Redirector(target.url + "/v1", 307) as hop, client() as session:
@@ -473,10 +484,11 @@ def test_redirect_to_another_origin_drops_the_authorization_header():
             assert b"sk-secret" not in target.seen[0][2]
             assert target.seen[0][1] == hop.seen[0][1]
 
-    run(main())
+    await main()
 
 
-def test_redirect_loop_is_capped_and_reported():
+@pytest.mark.asyncio
+async def test_redirect_loop_is_capped_and_reported():
     async def main() -> None:
         async with Redirector("", 307, loop=True) as hop, client() as session:
             with pytest.raises(FatalEndpointError) as info:
@@ -484,10 +496,11 @@ def test_redirect_loop_is_capped_and_reported():
             assert "redirect loop" in str(info.value)
             assert len(hop.seen) == 10  # capped
 
-    run(main())
+    await main()
 
 
-def test_follow_redirects_false_reports_where_it_points():
+@pytest.mark.asyncio
+async def test_follow_redirects_false_reports_where_it_points():
     async def main() -> None:
         async with Redirector("http://127.0.0.1:1/v1", 308) as hop:
             async with client(follow_redirects=False) as session:
@@ -497,10 +510,11 @@ def test_follow_redirects_false_reports_where_it_points():
             assert "redirects to http://127.0.0.1:1/v1/chat/completions" in str(info.value)
             assert len(hop.seen) == 1
 
-    run(main())
+    await main()
 
 
-def test_303_turns_into_a_get_as_the_status_says():
+@pytest.mark.asyncio
+async def test_303_turns_into_a_get_as_the_status_says():
     async def main() -> None:
         async with Redirector("", 303) as first:
             target = Redirector("", 200)
@@ -514,7 +528,7 @@ def test_303_turns_into_a_get_as_the_status_says():
             assert target.seen[0][0] == "GET /v1/chat/completions HTTP/1.1"
             assert target.seen[0][1] == b""
 
-    run(main())
+    await main()
 
 
 # --------------------------------------------------------------------------- addresses
@@ -560,7 +574,8 @@ def blackholed_first(monkeypatch):
         srv.stop()
 
 
-def test_happy_eyeballs_falls_back_quickly_from_a_blackholed_address(blackholed_first):
+@pytest.mark.asyncio
+async def test_happy_eyeballs_falls_back_quickly_from_a_blackholed_address(blackholed_first):
     srv, asked = blackholed_first
 
     async def main() -> float:
@@ -569,12 +584,13 @@ def test_happy_eyeballs_falls_back_quickly_from_a_blackholed_address(blackholed_
             assert await ask(session, f"http://dual.test:{srv.port}/v1") == "second address"
             return time.perf_counter() - start
 
-    took = run(main())
+    took = await main()
     assert asked  # the stub resolved the name
     assert took < 2.0  # ~0.25 s, not the 5 s connect timeout
 
 
-def test_connect_timeout_applies_per_attempt(blackholed_first, monkeypatch):
+@pytest.mark.asyncio
+async def test_connect_timeout_applies_per_attempt(blackholed_first, monkeypatch):
     srv, _ = blackholed_first
 
     async def main() -> float:
@@ -584,7 +600,7 @@ def test_connect_timeout_applies_per_attempt(blackholed_first, monkeypatch):
                 await ask(session, f"http://127.0.0.2:{srv.port}/v1")
             return time.perf_counter() - start
 
-    took = run(main())
+    took = await main()
     assert 0.4 < took < 3.0
 
 

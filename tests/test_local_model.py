@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import summary_json
+
 from pytest_servebench.catalog.config import ModelConfig
 from pytest_servebench.catalog.finder import BUILTIN_SUITES, SuiteIndex, load_configs
 from pytest_servebench.engine.client import Reply, send

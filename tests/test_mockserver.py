@@ -520,7 +520,8 @@ async def _send_all(base_url: str, bodies: list[dict]) -> list[tuple[str, int]]:
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
-def test_fault_decisions_do_not_depend_on_arrival_order(serve):
+@pytest.mark.asyncio
+async def test_fault_decisions_do_not_depend_on_arrival_order(serve):
     plan = FaultPlan({"500": 0.3, "503": 0.2}, seed=11)
     bodies = [chat(f"question {i}") for i in range(30)] * 2  # each body twice
     truth: dict[str, list[int]] = {}
@@ -531,7 +532,7 @@ def test_fault_decisions_do_not_depend_on_arrival_order(serve):
         )
     for order in (bodies, bodies[::-1]):
         srv = serve(faults=plan)
-        results = asyncio.run(_send_all(srv.base_url, order))
+        results = await _send_all(srv.base_url, order)
         got: dict[str, list[int]] = {}
         for key, status in results:
             got.setdefault(key, []).append(status)
@@ -589,10 +590,11 @@ async def _concurrent(base_url: str, n: int) -> list[int]:
         return [r.status_code for r in rs]
 
 
-def test_max_in_flight_with_latency(serve):
+@pytest.mark.asyncio
+async def test_max_in_flight_with_latency(serve):
     srv = serve(latency=0.3)
     t0 = time.monotonic()
-    statuses = asyncio.run(_concurrent(srv.base_url, 24))
+    statuses = await _concurrent(srv.base_url, 24)
     elapsed = time.monotonic() - t0
     assert statuses == [200] * 24
     assert 0.3 <= elapsed < 1.5  # answered concurrently, not one after another
