@@ -23,7 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("sb_search") is None:
         return None
-    from pytest_servebench.session.plugin import search
+    from pytest_servebench.session.search import search
 
     return search(config)
 

@@ -24,6 +24,7 @@ from pytest_servebench.report.html_report import (
     summary_section,
     write_self_contained,
 )
+from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.report.summary import comparison_lines, comparisons
 from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.testing.mockserver import MockServer, Reply, dataset_responder
@@ -188,14 +189,19 @@ def test_row_hook_escapes_test_id_and_inserts_columns():
         '<td class="col-duration">1 ms</td>',
         '<td class="col-links"></td>',
     ]
-    HtmlReport.pytest_html_results_table_row(None, report, cells)  # type: ignore[arg-type]
+    html_report = HtmlReport(
+        None,  # type: ignore[arg-type]
+        SessionOutcome(Path("/w"), "s", "all", ("m",), ("d",)),
+        "servebench",
+    )
+    html_report.pytest_html_results_table_row(report, cells)
     assert cells[1] == (
         '<td class="col-testId">servebench/m/d::&lt;img src=x onerror=alert(1)&gt;</td>'
     )
     assert len(cells) == 4 + len(HEADER_CELLS)
     assert cells[2].startswith('<td class="col-sbextracted"')
     header = ["<th>Result</th>", "<th>Test</th>", "<th>Duration</th>", "<th>Links</th>"]
-    HtmlReport.pytest_html_results_table_header(None, header)  # type: ignore[arg-type]
+    html_report.pytest_html_results_table_header(header)
     assert header[2:-2] == list(HEADER_CELLS)
 
 

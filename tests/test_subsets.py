@@ -7,12 +7,13 @@ import csv
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import completion_requests
 from pytest_servebench.report.summary import build_rows
-from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.aggregate import SubsetGroup, TaskResult
 from pytest_servebench.session.tasks import Options
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
@@ -212,8 +213,16 @@ def test_resume_sends_only_what_is_missing(pytester, mode):
     assert float(rows[key]) == pytest.approx(weighted, abs=0.006)
 
 
-def _result(dataset: str, name: str, scores: list[float], model: str = "m") -> TaskResult:
+def _result(
+    dataset: str,
+    name: str,
+    scores: list[float],
+    model: str = "m",
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = (),
+) -> TaskResult:
+    """A task's result; "grp/<subset>" is a subset of the split dataset grp (abbr G)."""
     ids = [f"c{i}" for i in range(len(scores))]
+    parent, sep, subset = name.rpartition("/")
     result = TaskResult(
         key=f"{model}/{name}",
         model=model,
@@ -225,6 +234,7 @@ def _result(dataset: str, name: str, scores: list[float], model: str = "m") -> T
         run_mode="all",
         samples=1,
         case_ids=ids,
+        group=SubsetGroup(parent, "G", subset, categories) if sep else None,
     )
     for cid, score in zip(ids, scores):
         result.cases[cid] = {
@@ -239,10 +249,7 @@ def _result(dataset: str, name: str, scores: list[float], model: str = "m") -> T
     return result
 
 
-def test_group_rows_weighted_naive_and_partial(monkeypatch):
-    from pytest_servebench.catalog import datasets
-
-    monkeypatch.setitem(datasets.SUBSET_GROUPS, "grp", "G")
+def test_group_rows_weighted_naive_and_partial():
     results = [
         _result("G_a", "grp/a", [1, 1, 1, 0]),  # 75%
         _result("G_b", "grp/b", [1, 0]),  # 50%
@@ -259,16 +266,12 @@ def test_group_rows_weighted_naive_and_partial(monkeypatch):
     assert cells[("G", "weighted_average")] == "-" and cells[("G", "naive_average")] == "-"
 
 
-def test_category_rows_are_naive_averages_of_their_subsets(monkeypatch):
-    from pytest_servebench.catalog import datasets
-
-    monkeypatch.setitem(datasets.SUBSET_GROUPS, "grp", "G")
+def test_category_rows_are_naive_averages_of_their_subsets():
     categories = (("G-x", ("a", "b")), ("G-y", ("c",)), ("G-z", ("a", "missing")))
-    monkeypatch.setitem(datasets.SUBSET_CATEGORIES, "grp", categories)
     results = [
-        _result("G_a", "grp/a", [1, 1, 1, 0]),  # 75%
-        _result("G_b", "grp/b", [1, 0]),  # 50%
-        _result("G_c", "grp/c", [0, 0, 1, 1, 1]),  # 60%
+        _result("G_a", "grp/a", [1, 1, 1, 0], categories=categories),  # 75%
+        _result("G_b", "grp/b", [1, 0], categories=categories),  # 50%
+        _result("G_c", "grp/c", [0, 0, 1, 1, 1], categories=categories),  # 60%
     ]
     _, rows = build_rows(results)
     cells = {(r[0], r[2]): r[4] for r in rows}
@@ -333,3 +336,43 @@ def test_built_in_categories_split_every_subject_once():
         assert list(groups)[:2] in (["humanities", "stem"], ["stem", "social-science"])
         seen += 1
     assert seen == 8  # MMLU: 3 configs, C-Eval: 5
+
+
+def test_results_carry_their_group_so_any_caller_gets_the_group_rows(tmp_path):
+    """The table's group and category rows come from the results alone: a caller that never
+    expanded the config in this process (no state left by an earlier expand) gets them."""
+    from pytest_servebench.catalog.datasets import expand
+    from pytest_servebench.catalog.finder import SuiteIndex, load_configs, suite_folders
+    from pytest_servebench.session.outcome import new_result
+
+    make_data(tmp_path)
+    index = SuiteIndex(suite_folders(tmp_path, []))
+    models, (config,) = load_configs(index, ["vllm_chat"], ["toy_mc"], {})
+    split = expand(config, tmp_path / "datasets")
+    results = []
+    for dataset in split:
+        task = SimpleNamespace(
+            key=f"m/{dataset.config.name}",
+            model=models[0],
+            dataset=dataset,
+            samples=1,
+            cases=dataset.cases,
+        )
+        result = new_result(task, "all")  # type: ignore[arg-type]
+        assert result.group == SubsetGroup(
+            "toy_mc",
+            "toy",
+            dataset.subset,
+            (("toy-science", ("algebra", "virology")), ("toy-humanities", ("world_history",))),
+        )
+        for case_id in result.case_ids:
+            result.add(case_id, {"status": "passed", "scores": [1.0], "correct": [True]})
+        results.append(result)
+    _, rows = build_rows(results)
+    names = [(r[0], r[2]) for r in rows]
+    assert ("toy", "weighted_average") in names and ("toy", "naive_average") in names
+    assert ("toy-science", "naive_average") in names
+    assert ("toy-humanities", "naive_average") in names
+    merged = expand(config, tmp_path / "datasets", merge=True)[0]
+    task = SimpleNamespace(key="m/toy", model=models[0], dataset=merged, samples=1, cases=[])
+    assert new_result(task, "all").group is None  # type: ignore[arg-type]

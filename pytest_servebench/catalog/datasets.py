@@ -45,12 +45,6 @@ Prompt = str | list[dict[str, str]]
 # Same text as json.dumps(record, sort_keys=True, ensure_ascii=False), one encoder for all.
 _ID_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
-#: Parent config name -> group abbr, for the summary's average rows of split sub-datasets.
-SUBSET_GROUPS: dict[str, str] = {}
-#: Parent config name -> ((row name, member subsets), ...): the summary's category rows
-#: (AISBench's summary groups, e.g. mmlu-humanities: the naive average of its subjects).
-SUBSET_CATEGORIES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
-
 
 @dataclass(slots=True)
 class Case:
@@ -714,10 +708,6 @@ def expand(
     if not config.subsets or merge:
         return [Dataset(config, datasets_dir, limit)]
     spec = load_subsets(config, datasets_dir)
-    SUBSET_GROUPS[config.name] = config.abbr
-    SUBSET_CATEGORIES[config.name] = tuple(
-        (f"{config.abbr}-{group}", members) for group, members in spec.groups
-    )
     out = []
     for subset in spec.names:
         sub = dataclasses.replace(

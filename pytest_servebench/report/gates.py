@@ -37,7 +37,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,12 +45,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_servebench.catalog.config import near_matches
+from pytest_servebench.catalog.finder import SuiteIndex, suite_folders
 from pytest_servebench.errors import ConfigError, ServebenchError
 from pytest_servebench.yamlio import line_of, load_yaml
 
 if TYPE_CHECKING:
+    from pytest_servebench.report.outcome import SessionOutcome
     from pytest_servebench.scoring.aggregate import TaskResult
-    from pytest_servebench.session.plugin import ServebenchPlugin
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -639,30 +640,30 @@ def _ini_list(config: pytest.Config, name: str) -> list[str]:
         return []
 
 
-def gate_files(plugin: ServebenchPlugin) -> tuple[list[Path], list[Path]]:
-    """(explicit --sb-gate files, gate files found in the project's suites folders)."""
-    config = plugin.config
+def gate_files(config: pytest.Config, suites: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """(explicit --sb-gate files, gate files found in the project's suites folders: the
+    rootdir's and the ``suites`` of --sb-suites)."""
     base = config.invocation_params.dir
     named = list(_option(config, "sb_gate") or []) or _ini_list(config, "sb_gate")
     explicit = [p if p.is_absolute() else base / p for p in map(Path, named)]
-    from pytest_servebench.catalog.finder import SuiteIndex, suite_folders
-
-    index = SuiteIndex(suite_folders(config.rootpath, plugin.options.suites))
+    index = SuiteIndex(suite_folders(config.rootpath, list(suites)))
     found = [e.path for e in index.gates() if e.origin != "built-in"]
     resolved = {p.resolve() for p in explicit}
     return explicit, [p for p in found if p.resolve() not in resolved]
 
 
-def setup_gates(plugin: ServebenchPlugin) -> GateReporter | None:
+def setup_gates(
+    config: pytest.Config, suites: Sequence[str], selected: Collection[str]
+) -> GateReporter | None:
     """At configure time (controller only): load and check every gate file and the baseline,
-    so a mistake stops the run before any request is sent. Registers the GateReporter."""
-    config = plugin.config
+    so a mistake stops the run before any request is sent. Registers the GateReporter.
+    ``selected``: the names and abbrs of the datasets this run evaluates."""
     if hasattr(config, "workerinput") or _option(config, "sb_no_gates", False):
         return None
     existing = config.pluginmanager.get_plugin(REPORTER_NAME)
     if existing is not None:
         return existing
-    explicit, found = gate_files(plugin)
+    explicit, found = gate_files(config, suites)
     base = config.invocation_params.dir
     gates = load_gates(explicit, True, base) + load_gates(found, False, base)
     if not gates:
@@ -674,12 +675,9 @@ def setup_gates(plugin: ServebenchPlugin) -> GateReporter | None:
         if not path.is_absolute():
             path = config.invocation_params.dir / path
         baseline = load_baseline(path)
-    selected = {d.name for d in plugin.run.dataset_configs} | {
-        d.abbr for d in plugin.run.dataset_configs
-    }
     for source in {g.source for g in gates if g.explicit}:
         named = {g.dataset for g in gates if g.source == source and g.dataset is not None}
-        if named and not named & selected:
+        if named and not named & set(selected):
             raise ServebenchError(
                 f"--sb-gate {source} names the datasets {', '.join(sorted(named))}; this run "
                 f"evaluates {', '.join(sorted(selected))}. Select them with --sb-datasets or "
@@ -690,26 +688,18 @@ def setup_gates(plugin: ServebenchPlugin) -> GateReporter | None:
     return reporter
 
 
-def apply_gates(plugin: ServebenchPlugin, session: pytest.Session) -> None:
-    """At the end of the controller's sessionfinish, after ``plugin.finished`` is set: check
-    the gates and let them decide ``session.exitstatus``."""
-    config = plugin.config
+def apply_gates(config: pytest.Config, session: pytest.Session, outcome: SessionOutcome) -> None:
+    """At the end of the controller's sessionfinish, with the session's outcome: check the
+    gates setup_gates() registered and let them decide ``session.exitstatus``."""
     if hasattr(config, "workerinput"):
         return
     reporter = config.pluginmanager.get_plugin(REPORTER_NAME)
-    if reporter is None:
-        try:
-            reporter = setup_gates(plugin)
-        except ServebenchError as exc:
-            session.exitstatus = pytest.ExitCode.USAGE_ERROR
-            config.pluginmanager.register(GateReporter([], notes=[f"gates: {exc}"]), REPORTER_NAME)
-            return
     if reporter is None or not reporter.gates:
         return
     status = session.exitstatus
     if config.option.collectonly:
         return
-    if plugin.options.mode == "infer":
+    if outcome.mode == "infer":
         reporter.notes.append("gates: not checked in infer mode (no scores)")
         return
     if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
@@ -718,12 +708,12 @@ def apply_gates(plugin: ServebenchPlugin, session: pytest.Session) -> None:
             f"{pytest.ExitCode(status).name.lower().replace('_', ' ')})"
         )
         return
-    results = plugin.finished or list(plugin.results.values())
+    results = outcome.results
     outcomes = check(reporter.gates, results, reporter.baseline)
-    fatal = plugin.run.engine.fatal
+    fatal = outcome.engine_fatal
     if fatal and any(o.status != "skipped" for o in outcomes):
         outcomes.insert(0, GateOutcome("broke", "run", f"aborted: {fatal}"))
-    finish_error = getattr(plugin, "finish_error", None)
+    finish_error = outcome.finish_error
     if finish_error and any(o.status != "skipped" for o in outcomes):
         outcomes.insert(0, GateOutcome("broke", "summary", f"not computed: {finish_error}"))
     reporter.outcomes = outcomes

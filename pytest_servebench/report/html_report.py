@@ -20,22 +20,18 @@ self-contained (pytest-html's CSS inlined), so the work dir holds a report that 
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from pytest_servebench.report.charts import accuracy_chart, model_charts
+from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.report.summary import HEADER, build_rows
 from pytest_servebench.scoring.aggregate import COUNT_ROWS, TaskResult
-from pytest_servebench.session.items import NODE_PREFIX
-
-if TYPE_CHECKING:
-    from pytest_servebench.session.plugin import ServebenchPlugin
 
 PLUGIN_NAME = "servebench-html"
 MAX_TEXT = 50_000  # characters of one prompt / output / reasoning shown in the report
@@ -91,8 +87,7 @@ def _clip(text: str) -> str:
 # -- the summary section -------------------------------------------------------------------
 
 
-def summary_table(results: Sequence[TaskResult]) -> str:
-    header, rows = build_rows(results)
+def summary_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ['<table class="sb-table" id="sb-summary-table"><thead><tr>']
     out += [f"<th>{esc(h)}</th>" for h in header]
     out.append("</tr></thead><tbody>")
@@ -171,9 +166,11 @@ def summary_section(
     notes: Sequence[str] = (),
     gates: str = "",
     charts: str = "",
+    table: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None,
 ) -> str:
     """The block the report opens with. ``meta`` and ``notes`` are plain text lines; ``gates``
-    is gates_table()'s markup, ``charts`` charts.model_charts()'."""
+    is gates_table()'s markup, ``charts`` charts.model_charts()'; ``table`` is the session's
+    summary table (build_rows(results) when not given)."""
     out = [f"<style>{CSS}</style>", '<section class="sb" id="servebench-summary">']
     out.append("<h2>servebench summary</h2>")
     out += [f'<p class="sb-meta">{esc(line)}</p>' for line in meta]
@@ -184,7 +181,7 @@ def summary_section(
         out.append('<p class="sb-warn">No task finished: nothing to summarise.</p></section>')
         return "".join(out)
     out.append("<h3>Figures</h3>")
-    out.append(summary_table(results))
+    out.append(summary_table(*(table if table is not None else build_rows(results))))
     out += [f'<p class="sb-warn">{esc(n)}</p>' for n in notes]
     chart = accuracy_chart(results)
     if chart:
@@ -345,19 +342,22 @@ def case_details(payload: dict[str, Any]) -> str:
 
 
 class HtmlReport:
-    """pytest-html hooks for servebench (controller only)."""
+    """pytest-html hooks for servebench (controller only). ``outcome`` is the session's
+    SessionOutcome: at first the empty one (what was selected, where), replaced at the end
+    of the controller's sessionfinish, before pytest-html writes the report."""
 
-    def __init__(self, plugin: ServebenchPlugin):
-        self.plugin = plugin
-        self.config = plugin.config
+    def __init__(self, config: pytest.Config, outcome: SessionOutcome, node_prefix: str):
+        self.config = config
+        self.outcome = outcome
+        self.node_prefix = node_prefix  # the node ids of servebench's items start with it
         self.copy_path: Path | None = None
         self.copy_error: str | None = None
 
     # -- title, header, rows ---------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
-        models = ", ".join(dict.fromkeys(self.plugin.options.models))
-        datasets = ", ".join(dict.fromkeys(self.plugin.options.datasets))
+        models = ", ".join(dict.fromkeys(self.outcome.models))
+        datasets = ", ".join(dict.fromkeys(self.outcome.datasets))
         report.title = f"servebench: {models} on {datasets}"
 
     @pytest.hookimpl(optionalhook=True)
@@ -368,7 +368,7 @@ class HtmlReport:
     def pytest_html_results_table_row(self, report: Any, cells: list[Any]) -> None:
         payload = getattr(report, "servebench", None)
         nodeid = str(getattr(report, "nodeid", ""))
-        if payload is not None or nodeid.startswith(NODE_PREFIX + "/"):
+        if payload is not None or nodeid.startswith(self.node_prefix + "/"):
             # pytest-html puts the test id into the cell unescaped
             when = getattr(report, "when", "call")
             test_id = nodeid if when == "call" else f"{nodeid}::{when}"
@@ -391,54 +391,35 @@ class HtmlReport:
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: Any
     ) -> None:
-        plugin = self.plugin
-        results = list(plugin.finished) or [
-            plugin.results[t.key] for t in plugin.run.tasks if t.key in plugin.results
-        ]
+        outcome = self.outcome
         gates = self.config.pluginmanager.get_plugin("servebench-gates")
         prefix.append(
             summary_section(
-                results,
-                self._comparisons(results),
+                outcome.results,
+                outcome.comparisons,
                 self._meta(),
-                self._notes(results),
+                self._notes(),
                 gates_table(gates.outcomes, gates.decision) if gates is not None else "",
-                self._charts(results),
+                model_charts(outcome.results, outcome.predictions),
+                outcome.table,
             )
         )
 
-    def _charts(self, results: Sequence[TaskResult]) -> str:
-        work = self.plugin.run.work
-        files = {r.key: work.predictions_file(r.model_name, r.dataset_name) for r in results}
-        return model_charts(results, files)
-
-    def _comparisons(self, results: Sequence[TaskResult]) -> list[dict[str, Any]]:
-        for path in getattr(self.plugin, "summary_files", []) or []:
-            if Path(path).suffix == ".json":
-                try:
-                    return list(json.loads(Path(path).read_text(encoding="utf-8"))["comparisons"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    break
-        from pytest_servebench.report.summary import comparisons
-
-        return comparisons(results)
-
     def _meta(self) -> list[str]:
-        plugin = self.plugin
-        lines = [f"work dir: {plugin.run.work.root}", f"mode: {plugin.options.mode}"]
+        lines = [f"work dir: {self.outcome.work_dir}", f"mode: {self.outcome.mode}"]
         if self.copy_target() is not None:
             lines.append(f"copy of this report: {self.copy_target()}")
         return lines
 
-    def _notes(self, results: Sequence[TaskResult]) -> list[str]:
-        plugin = self.plugin
-        notes = partial_notes(results)
-        if plugin.run.engine.fatal:
-            notes.append(f"aborted: {plugin.run.engine.fatal}")
-        if plugin.interrupted:
+    def _notes(self) -> list[str]:
+        outcome = self.outcome
+        notes = partial_notes(outcome.results)
+        if outcome.engine_fatal:
+            notes.append(f"aborted: {outcome.engine_fatal}")
+        if outcome.interrupted:
             notes.append("interrupted: the run did not finish")
-        if getattr(plugin, "finish_error", None):
-            notes.append(f"error: {plugin.finish_error}")
+        if outcome.finish_error:
+            notes.append(f"error: {outcome.finish_error}")
         return notes
 
     # -- the copy in the work dir ----------------------------------------------------------
@@ -458,7 +439,7 @@ class HtmlReport:
         return Path.cwd() / Path(os.path.expandvars(raw)).expanduser()
 
     def copy_target(self) -> Path | None:
-        return self.plugin.run.work.root / "summary" / f"report_{self.plugin.stamp}.html"
+        return self.outcome.work_dir / "summary" / f"report_{self.outcome.stamp}.html"
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
@@ -519,14 +500,16 @@ def html_active(config: pytest.Config) -> bool:
     )
 
 
-def register_html(plugin: ServebenchPlugin) -> HtmlReport | None:
-    """Register the pytest-html integration when it applies (call from pytest_configure)."""
-    config = plugin.config
+def register_html(
+    config: pytest.Config, outcome: SessionOutcome, node_prefix: str
+) -> HtmlReport | None:
+    """Register the pytest-html integration when it applies (call from pytest_configure with
+    the session's empty outcome; hand the final one over at the end: ``report.outcome``)."""
     if not html_active(config):
         return None
     existing = config.pluginmanager.get_plugin(PLUGIN_NAME)
     if existing is not None:
         return existing
-    report = HtmlReport(plugin)
+    report = HtmlReport(config, outcome, node_prefix)
     config.pluginmanager.register(report, PLUGIN_NAME)
     return report

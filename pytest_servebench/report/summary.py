@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_servebench.catalog.datasets import SUBSET_CATEGORIES, SUBSET_GROUPS, group_version
+from pytest_servebench.catalog.datasets import group_version
 from pytest_servebench.scoring import metrics
 from pytest_servebench.scoring.aggregate import COUNT_ROWS, TaskResult
 
@@ -52,17 +52,6 @@ def build_rows(results: Sequence[TaskResult]) -> tuple[list[str], list[list[str]
     return [*HEADER, *models], rows
 
 
-def _group_of(result: TaskResult) -> tuple[str, str] | None:
-    """(group name, group abbr) of a task that is one subset of a split dataset."""
-    group = getattr(result, "group", None)  # a TaskResult field, once it has one
-    if group:
-        return str(group), str(getattr(result, "group_abbr", "") or group)
-    parent, sep, _ = result.dataset_name.rpartition("/")
-    if sep and parent in SUBSET_GROUPS:
-        return parent, SUBSET_GROUPS[parent]
-    return None
-
-
 def _add_group_rows(
     results: Sequence[TaskResult], models: list[str], rows: list[list[str]]
 ) -> None:
@@ -71,10 +60,12 @@ def _add_group_rows(
     group's summed count rows, then a naive_average row per category whose subsets all ran
     (mmlu-humanities, ceval-hard...). A group with a partial subset shows '-'."""
     groups: dict[tuple[str, str], list[TaskResult]] = {}
+    categories: dict[tuple[str, str], Sequence[tuple[str, tuple[str, ...]]]] = {}
     for r in results:
-        group = _group_of(r)
-        if group is not None:
-            groups.setdefault(group, []).append(r)
+        if r.group is not None:
+            key = (r.group.name, r.group.abbr)
+            groups.setdefault(key, []).append(r)
+            categories.setdefault(key, r.group.categories)
     for (parent, abbr), members in groups.items():
         member_rows = {(r.dataset, r.version) for r in members}
         # one version per subset (members hold one result per model)
@@ -99,11 +90,11 @@ def _add_group_rows(
                 mine = [r for r in members if r.model == model]
                 row.append(_group_cell(mine, name, how) if mine else "-")
             new_rows.append(row)
-        ran = {r.dataset_name.rpartition("/")[2] for r in members}
-        for category, subsets in SUBSET_CATEGORIES.get(parent, ()):
+        ran = {_subset(r) for r in members}
+        for category, subsets in categories[(parent, abbr)]:
             if not ran.issuperset(subsets):
                 continue  # a run of some subjects only: the category is not measured
-            inside = [r for r in members if r.dataset_name.rpartition("/")[2] in subsets]
+            inside = [r for r in members if _subset(r) in subsets]
             category_version = group_version({r.dataset_name: r.version for r in inside}.values())
             for metric, name, how in labels:
                 if how != "naive":
@@ -116,6 +107,10 @@ def _add_group_rows(
                 new_rows.append(row)
         last = max((i for i, row in enumerate(rows) if (row[0], row[1]) in member_rows), default=-1)
         rows[last + 1 : last + 1] = new_rows
+
+
+def _subset(result: TaskResult) -> str:
+    return result.group.subset if result.group is not None else ""
 
 
 def _group_cell(members: list[TaskResult], name: str, how: str) -> str:
@@ -193,11 +188,14 @@ def comparisons(results: Sequence[TaskResult]) -> list[dict[str, Any]]:
 def write_summary(
     base: Path,
     results: Sequence[TaskResult],
+    table: tuple[Sequence[str], Sequence[Sequence[str]]],
+    pairs: Sequence[dict[str, Any]],
     extra: dict[str, Any],
-    service: dict[str, dict[str, Any]] | None = None,
+    service: Mapping[str, dict[str, Any] | None] | None = None,
 ) -> list[Path]:
-    """The table's files; `service` (task key -> service.task_service()) adds each task's
-    service figures to the json and a second table to the md and txt files."""
+    """The table's files, from the table (build_rows()) and comparisons() made once per
+    session; `service` (task key -> service.task_service()) adds each task's service figures
+    to the json and a second table to the md and txt files."""
     from pytest_servebench.report.service import (
         SERVICE_NOTE,
         render_service_markdown,
@@ -206,7 +204,7 @@ def write_summary(
     )
 
     service = service or {}
-    header, rows = build_rows(results)
+    header, rows = table
     srows = service_rows((r.dataset, r.model, service.get(r.key)) for r in results)
     base.parent.mkdir(parents=True, exist_ok=True)
     files = {
@@ -219,12 +217,12 @@ def write_summary(
         ".json": json.dumps(
             {
                 **extra,
-                "table": {"header": header, "rows": rows},
+                "table": {"header": list(header), "rows": [list(r) for r in rows]},
                 "tasks": [
                     {**r.to_json(include_cases=False), "service": service.get(r.key)}
                     for r in results
                 ],
-                "comparisons": comparisons(results),
+                "comparisons": list(pairs),
             },
             indent=2,
         ),

@@ -83,6 +83,17 @@ class Verdict(Mapping[str, Any]):
         return sum(v is not _ABSENT for v in self._values)
 
 
+@dataclass(frozen=True)
+class SubsetGroup:
+    """The split dataset a subset task belongs to: what the summary's group rows need."""
+
+    name: str  # the parent config's name: the tasks averaged together
+    abbr: str  # the group rows' name (the parent's abbr)
+    subset: str  # this task's subset
+    #: (row name, its subsets): a naive_average row each (mmlu-humanities, ceval-hard...)
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
 @dataclass
 class TaskResult:
     key: str
@@ -96,6 +107,7 @@ class TaskResult:
     samples: int
     case_ids: list[str]
     cases: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    group: SubsetGroup | None = None  # a subset of a split dataset: its group
 
     def add(self, case_id: str, verdict: Mapping[str, Any]) -> None:
         """Keep a case's verdict: judge_case's fields of `verdict` (a report's payload also

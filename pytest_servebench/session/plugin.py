@@ -1,11 +1,9 @@
-"""The pytest hooks, and nothing else: options, configure, collection glue, report glue."""
+"""The pytest hooks, and nothing else: each hook hands its work to the module whose job it is
+(work dir, logs, display, servers, checks, re-scoring, the session's outcome, the reports)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -16,88 +14,38 @@ from pytest_servebench.catalog.datasets import Case
 from pytest_servebench.catalog.finder import (
     SuiteIndex,
     load_configs,
-    named_entries,
     parse_overrides,
-    search_table,
     suite_folders,
 )
 from pytest_servebench.engine.jobs import RunAborted
 from pytest_servebench.errors import ServebenchError
 from pytest_servebench.launch.launcher import Launcher, apply_urls
-from pytest_servebench.redaction import RedactingFilter, redactor
-from pytest_servebench.report import debuglog, liveview, progress
-from pytest_servebench.report import terminal as output
-from pytest_servebench.report.compare import baseline_lines, baseline_path
+from pytest_servebench.redaction import redactor
+from pytest_servebench.report import terminal
+from pytest_servebench.report.compare import baseline_path
 from pytest_servebench.report.gates import apply_gates, setup_gates
-from pytest_servebench.report.html_report import register_html
-from pytest_servebench.report.service import (
-    SERVICE_NOTE,
-    render_service_text,
-    service_rows,
-    task_service,
-)
-from pytest_servebench.report.summary import (
-    build_rows,
-    comparison_lines,
-    comparisons,
-    render_text,
-    write_summary,
-)
+from pytest_servebench.report.html_report import HtmlReport, register_html
+from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.scoring.aggregate import TaskResult
-from pytest_servebench.scoring.verdict import judge_case
+from pytest_servebench.session import checks, signals
 from pytest_servebench.session import lean as perf
 from pytest_servebench.session import options as opts
-from pytest_servebench.session.items import NODE_PREFIX, CaseItem, TaskCollector, printable
+from pytest_servebench.session import outcome as ending
+from pytest_servebench.session.display import Display
+from pytest_servebench.session.items import NODE_PREFIX, CaseItem, TaskCollector
+from pytest_servebench.session.logs import setup_logging
+from pytest_servebench.session.rescore import judge_saved
+from pytest_servebench.session.servers import crash_reason, start_servers
 from pytest_servebench.session.tasks import Run
-from pytest_servebench.store import (
-    WorkDir,
-    WorkDirLock,
-    load_predictions,
-    new_timestamp,
-    write_json,
+from pytest_servebench.session.workdir import (
+    open_work_dir,
+    remember,
+    work_base,
+    write_snapshot,
 )
+from pytest_servebench.store import WorkDirLock
 
 log = logging.getLogger("servebench")
-
-
-class _QuietFileHandler(logging.FileHandler):
-    """The run's log file. A line that cannot be written (a full disk) is dropped: the run
-    reports the disk problem itself, once, instead of a logging traceback per line."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-    def close(self) -> None:
-        try:
-            super().close()
-        except OSError:
-            with contextlib.suppress(OSError):
-                if self.stream is not None:
-                    self.stream.close()  # its buffer is lost; the file's lines so far stay
-            self.stream = None  # type: ignore[assignment]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated("SIGTERM")
-
-
-def search(config: pytest.Config) -> int:
-    """`pytest --sb-search [PATTERN]` (called by entry.py): list the configs and exit."""
-    pattern = config.getoption("sb_search")
-    models = config.getoption("sb_models") or []
-    datasets = config.getoption("sb_datasets") or []
-    try:
-        index = SuiteIndex(suite_folders(config.rootpath, config.getoption("sb_suites") or []))
-        # With --sb-models/--sb-datasets: exactly the named configs (AISBench's --search).
-        named = named_entries(index, models, datasets) if models or datasets else None
-    except ServebenchError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    print(search_table(index, pattern=pattern, entries=named))
-    return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -109,28 +57,25 @@ def pytest_configure(config: pytest.Config) -> None:
             return
         plugin = ServebenchPlugin(config, options)
         if not is_worker(config):
-            setup_gates(plugin)  # gate files and baseline are checked before any request
+            # gate files and baseline are checked before any request
+            configs = plugin.run.dataset_configs
+            setup_gates(
+                config, options.suites, {d.name for d in configs} | {d.abbr for d in configs}
+            )
             plugin.baseline = baseline_path(config)
     except ServebenchError as exc:
         if plugin is not None:
             plugin.release()
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(plugin, "servebench-run")
-    plugin.install_sigterm()
+    plugin.previous_sigterm = signals.install_sigterm()
     config.pluginmanager.register(
         perf.PerfPlugin(lambda item: isinstance(item, CaseItem), NODE_PREFIX + "/"),
         "servebench-perf",
     )
     if not is_worker(config):
-        register_html(plugin)  # only when pytest-html is installed and --html is given
-
-
-def _shorter(path: Path) -> str:
-    """A path relative to the working folder when it is below it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+        # only when pytest-html is installed and --html is given
+        plugin.html = register_html(config, plugin.outcome, NODE_PREFIX)
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -145,28 +90,10 @@ class ServebenchPlugin:
         models, datasets = load_configs(
             index, options.models, options.datasets, parse_overrides(options.overrides)
         )
-        base = Path(options.work_dir).expanduser()
-        if not base.is_absolute():
-            base = config.invocation_params.dir / base
+        base = work_base(config, options)
         self.lock: WorkDirLock | None = None
-        self._previous_sigterm: Any = None
-        if is_worker(config):
-            work = WorkDir(Path(config.workerinput["sb_work_dir"]))  # type: ignore[attr-defined]
-            self.stamp = config.workerinput["sb_stamp"]  # type: ignore[attr-defined]
-        elif options.reuse or not config.option.collectonly:
-            try:
-                work = WorkDir.reuse(base, options.reuse) if options.reuse else WorkDir.create(base)
-                if not config.option.collectonly:
-                    self.lock = work.lock()  # the controller writes; xdist workers share it
-            except OSError as exc:
-                raise ServebenchError(
-                    f"cannot write the work dir under {base}: {exc.strerror or exc} "
-                    f"({exc.filename or base}); choose a writable folder with --sb-work-dir=DIR"
-                ) from None
-            self.stamp = new_timestamp() if options.reuse else work.timestamp
-        else:  # IDEs collect on every discovery: write nothing
-            work = WorkDir(base / new_timestamp())
-            self.stamp = work.timestamp
+        self.previous_sigterm: Any = None
+        work, self.stamp, self.lock = open_work_dir(config, options, base)
         datasets_dir = Path(options.datasets_dir).expanduser()
         if not datasets_dir.is_absolute():
             datasets_dir = config.invocation_params.dir / datasets_dir
@@ -174,52 +101,44 @@ class ServebenchPlugin:
             # servers were started by the controller: use the URLs it handed over
             apply_urls(models, config.workerinput.get("sb_launched", {}))  # type: ignore[attr-defined]
         try:
-            self._start(config, options, models, datasets, work, datasets_dir, base)
+            self.run = Run(options, models, datasets, work, datasets_dir.resolve())
+            self._start(base)
         except BaseException:
             self.release()
             raise
 
-    def _start(
-        self,
-        config: pytest.Config,
-        options: opts.Options,
-        models: list[Any],
-        datasets: list[Any],
-        work: WorkDir,
-        datasets_dir: Path,
-        base: Path,
-    ) -> None:
-        self.run = Run(options, models, datasets, work, datasets_dir.resolve())
-        self.launcher = Launcher(work.root / "logs", echo=self._echo)
+    def _start(self, base: Path) -> None:
+        config, run = self.config, self.run
+        worker = getattr(config, "workerinput", {}).get("workerid")
         self.launched: dict[str, str] = {}
         self.results: dict[str, TaskResult] = {}
-        self.finished: list[TaskResult] = []  # set before pytest-html's trylast sessionfinish
         # Reports carry prompts and outputs only when a report will show them (pytest-html).
         self.rich_reports = bool(getattr(config.option, "htmlpath", None))
         self.interrupted = False  # by the user: Ctrl-C or SIGTERM
+        self.terminated = False  # by SIGTERM
         self.abort_message: str | None = None  # from this process or a worker's report
+        self.finish_error: str | None = None
         self.baseline: Path | None = None  # --sb-baseline's summary, compared at the end
-        self.wrong = output.WrongAnswers()
-        self._tally: dict[str, tuple[int, int]] = {}  # task -> (passed, judged): live view
+        self.html: HtmlReport | None = None
+        self.outcome: SessionOutcome = ending.empty_outcome(run, self.options, self.stamp)
+        self.wrong = terminal.WrongAnswers()
         try:
-            self._setup_logging()
+            self._log_handler = setup_logging(
+                run.work.root / "logs", worker, write=not config.option.collectonly
+            )
             if not is_worker(config) and not config.option.collectonly:
-                self._snapshot()
+                write_snapshot(run, self.options, self.stamp)
         except OSError as exc:
             raise ServebenchError(
-                f"cannot write in the work dir {work.root}: {exc.strerror or exc}; choose a "
+                f"cannot write in the work dir {run.work.root}: {exc.strerror or exc}; choose a "
                 f"writable folder with --sb-work-dir=DIR"
             ) from None
-        self._setup_progress()
-        self.debug_tail = (
-            debuglog.LogTail(work.root / "logs")
-            if config.getoption("sb_debug") and not is_worker(config)
-            else None
-        )
+        self.display = Display(config, run, worker)
+        self.launcher = Launcher(run.work.root / "logs", echo=self.display.echo)
         if not is_worker(config):
-            self._check_rootdir()
+            checks.check_rootdir(config)
             if not config.option.collectonly:
-                self._remember(base)
+                remember(config, self.options, run, base)
         self._warm_up_engine()
 
     def release(self) -> None:
@@ -227,238 +146,6 @@ class ServebenchPlugin:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-
-    def install_sigterm(self) -> None:
-        """SIGTERM (a cancelled CI job) ends the run like Ctrl-C: what finished is saved and
-        the partial summary and the resume command are printed."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-
-    def _restore_sigterm(self) -> None:
-        previous, self._previous_sigterm = self._previous_sigterm, None
-        if previous is None or threading.current_thread() is not threading.main_thread():
-            return
-        with contextlib.suppress(ValueError, OSError, TypeError):
-            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
-                signal.signal(signal.SIGTERM, previous)
-
-    # -- bookkeeping -----------------------------------------------------------------------
-    def _setup_logging(self) -> None:
-        worker = getattr(self.config, "workerinput", {}).get("workerid")
-        name = f"servebench-{worker}.log" if worker else "servebench.log"
-        handler: logging.Handler = (
-            logging.NullHandler()
-            if self.config.option.collectonly
-            else _QuietFileHandler(self.run.work.root / "logs" / name, encoding="utf-8")
-        )
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(RedactingFilter())
-        # The per-request log stays out of pytest's capture, under any run protocol: pytest
-        # (9.2+) attaches its capture handler to the root logger and to every non-propagating
-        # logger it knows, so servebench's loggers pass their records to a parent that pytest
-        # does not know (not registered with logging's manager) and that stops there.
-        sink = logging.Logger("servebench-log")
-        sink.handlers[:] = [handler]
-        sink.propagate = False
-        root = logging.getLogger("servebench")
-        root.handlers[:] = []
-        root.setLevel(logging.INFO)
-        root.propagate = True
-        root.parent = sink
-        self._log_handler = handler
-
-    def _check_rootdir(self) -> None:
-        """pytest picks its rootdir from bare path arguments before plugins load, so
-        `--sb-datasets-dir /data` (with a space) makes /data the rootdir: say how to avoid it."""
-        root = self.config.rootpath
-        here = self.config.invocation_params.dir
-        if root == here or root in here.parents:
-            return
-        for flag in (
-            "--sb-datasets-dir",
-            "--sb-suites",
-            "--sb-work-dir",
-            "--sb-gate",
-            "--sb-baseline",
-        ):
-            args = list(self.config.invocation_params.args)
-            for i, arg in enumerate(args[:-1]):
-                if arg == flag and Path(here, args[i + 1]).resolve() in (root, *root.parents):
-                    self.config.issue_config_time_warning(
-                        pytest.PytestConfigWarning(
-                            f"pytest took {root} as its rootdir because `{flag} {args[i + 1]}` "
-                            f"looks like a test path to it (it reads paths before plugins load); "
-                            f"write `{flag}={args[i + 1]}` to keep the rootdir at {here}."
-                        ),
-                        stacklevel=2,
-                    )
-                    return
-
-    def _setup_progress(self) -> None:
-        worker = getattr(self.config, "workerinput", {}).get("workerid", "main")
-        publisher = progress.Publisher(self.run.engine, self.run.work.root / "logs", worker)
-
-        def publish(force: bool) -> None:
-            # A full disk: the live counters are a nicety, the run goes on (and says why).
-            with contextlib.suppress(OSError):
-                publisher.publish(force)
-
-        self.run.engine.on_progress = publish
-        self.view: progress.View | None = None
-        self._progress_thread: threading.Thread | None = None
-
-    def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        """The work dir at the start of the run, where its logs already are."""
-        return [f"servebench work dir: {self.run.work.root}"]
-
-    def _say(self, line: str) -> None:
-        """A line of ours between pytest's progress dots: on a line of its own (and not
-        through the live view's block)."""
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is None:
-            return
-
-        def write(text: str) -> None:
-            writer = getattr(tr, "_tw", None)
-            # write_line ends pytest's line itself when it is a file's line of results
-            if writer is not None and writer.width_of_current_line and not tr.currentfspath:
-                tr.write("\n")
-            tr.write_line(text)
-
-        live = getattr(self, "live", None)
-        if live is not None:
-            live.say(write, line)
-        else:
-            write(line)
-
-    def _tick(self) -> None:
-        """The progress view, and with --sb-debug the new log lines."""
-        if self.view is not None:
-            self.view.tick()
-        if self.debug_tail is not None:
-            for line in self.debug_tail.poll():
-                self._say(line)
-
-    def _running_accuracy(self, key: str) -> float | None:
-        passed, judged = self._tally.get(key, (0, 0))
-        return 100.0 * passed / judged if judged else None
-
-    def _echo(self, line: str) -> None:
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is not None:
-            tr.write_line(redactor(line))
-
-    def _start_servers(self) -> None:
-        """Managed servers (a model config's `launch:`) start once, in the controller, before
-        xdist starts its workers (its sessionstart is trylast) so they get the URLs."""
-        if self.config.option.collectonly or self.options.mode == "eval":
-            return
-        launching = [m for m in self.run.models if m.launch]
-        needed = [m for m in launching if self.run.sends_to(m)]
-        for model in launching:
-            if model not in needed:  # a resumed run whose answers are all saved
-                self._echo(
-                    f"[servebench] {model.name}: every case has a saved answer in "
-                    f"{self.run.work.root}; its server is not started"
-                )
-        if not needed:
-            return
-        self.launcher.install_signal_handlers()
-        try:
-            self.launched = self.launcher.start_models(needed)
-        except ServebenchError as exc:
-            raise pytest.UsageError(str(exc)) from None
-
-    def _check_data_files(self) -> None:
-        """A missing data file stops the run here, in the controller, with the dataset's own
-        message. Under xdist the workers' collection error would be swallowed (0 items, exit
-        0), and no server should start for a run that cannot read its data."""
-        seen: set[str] = set()
-        for task in self.run.tasks:
-            dataset = task.dataset
-            if dataset.config.name in seen:
-                continue
-            seen.add(dataset.config.name)
-            try:
-                missing = [path for path in dataset.data_paths if not path.is_file()]
-            except ServebenchError as exc:
-                raise pytest.UsageError(str(exc)) from None
-            if missing:
-                raise pytest.UsageError(dataset.missing_message(missing[0]))
-
-    def _abort_reason(self) -> str | None:
-        """Why the run stopped early. A managed server that died is named as the cause: the
-        engine only sees that nothing answers any more."""
-        reason = self.run.engine.fatal or self.abort_message
-        if reason is None:
-            return None
-        for name in self.launched:
-            answered = sum(
-                counts["passed"] + counts["failed"]
-                for counts in (r.counts() for r in self.results.values() if r.model_name == name)
-            )
-            crash = self.launcher.crash_report(name, answered)
-            if crash:  # the engine's own reason ("not reachable") would mislead
-                return crash
-        return reason
-
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        self.launcher.stop_all()
-        self.launcher.restore_signal_handlers()
-        self._restore_sigterm()
-        self.release()
-
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if is_worker(self.config):
-            return
-        self._check_data_files()
-        self._start_servers()
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is None:
-            return
-        if tr.verbosity < 0:  # -q shows no header (pytest_report_header): say it here
-            tr.write_line(f"servebench work dir: {self.run.work.root}")
-        interval = self.config.getoption("sb_progress")
-        block = liveview.live_block(tr) if interval != 0 else None
-        if interval is None:
-            isatty = tr.isatty  # a method since pytest 8.x, an attribute before
-            tty = isatty() if callable(isatty) else isatty
-            interval = 1.0 if block is not None else 2.0 if tty else 10.0
-
-        def write(line: str) -> None:
-            writer = getattr(tr, "_tw", None)
-            if writer is not None and writer.width_of_current_line:
-                tr.write("\n")  # after pytest's dots, start a line of our own
-            tr.write_line(line)
-
-        distributed = self.config.pluginmanager.has_plugin("dsession")
-        logs = self.run.work.root / "logs"
-        source = (
-            (lambda: progress.read_all(logs))
-            if distributed
-            else (lambda: progress.snapshot(self.run.engine))
-        )
-        self.view = progress.View(
-            source, write, interval, block, self._running_accuracy, "logs " + _shorter(logs)
-        )
-        if block is not None:
-            self.live = liveview.LiveViewPlugin(self.view, block)
-            self.config.pluginmanager.register(self.live, "servebench-live")
-        self.run.on_wait = self._tick
-        if distributed and (interval > 0 or self.debug_tail is not None):
-            # Under xdist the controller's main thread only wakes for reports; keep the view
-            # alive while every worker waits on slow requests.
-            stop = self._progress_stop = threading.Event()
-            every = interval if interval > 0 else 0.5
-
-            def loop() -> None:
-                while not stop.wait(every):
-                    self._tick()
-
-            self._progress_thread = threading.Thread(target=loop, daemon=True)
-            self._progress_thread.start()
 
     def _warm_up_engine(self) -> None:
         """Start the engine process now, so that its start-up overlaps pytest's, in each
@@ -475,38 +162,30 @@ class ServebenchPlugin:
             return
         warm_up()
 
-    def _snapshot(self) -> None:
-        from dataclasses import asdict
+    # -- start -----------------------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """The work dir at the start of the run, where its logs already are."""
+        return [f"servebench work dir: {self.run.work.root}"]
 
-        data = {
-            "options": asdict(self.options),
-            "models": {m.name: asdict(m) for m in self.run.models},
-            "datasets": {
-                d.name: {**asdict(d), "version": self.run.datasets[d.name].version}
-                for d in self.run.dataset_configs
-            },
-        }
-        write_json(self.run.work.root / "configs" / f"run_{self.stamp}.json", redactor.scrub(data))
-
-    def _remember(self, base: Path) -> None:
-        if getattr(self.config, "cache", None) is None:
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if is_worker(self.config):
             return
-        options = self.options
-        safe_overrides = [o for o in options.overrides if ".headers." not in o]
-        self.config.cache.set(
-            opts.CACHE_KEY,
-            {
-                "models": options.models,
-                "datasets": options.datasets,
-                "suites": [str(Path(s).resolve()) for s in options.suites],
-                "overrides": [redactor(o) for o in safe_overrides],
-                "work_base": str(base),
-                "work_dir": str(self.run.work.root),
-                "datasets_dir": str(self.run.datasets_dir),
-                "limit": options.limit,
-                "merge_subsets": options.merge_subsets,
-            },
-        )
+        checks.check_data_files(self.run)
+        # Managed servers start once, in the controller, before xdist starts its workers
+        # (its sessionstart is trylast) so they get the URLs.
+        if not self.config.option.collectonly and self.options.mode != "eval":
+            try:
+                self.launched = start_servers(self.launcher, self.run, self.display.echo)
+            except ServebenchError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        self.display.start()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.launcher.stop_all()
+        self.launcher.restore_signal_handlers()
+        signals.restore_sigterm(self.previous_sigterm)
+        self.previous_sigterm = None
+        self.release()
 
     # -- xdist -----------------------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
@@ -602,10 +281,10 @@ class ServebenchPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if is_worker(self.config):
             return
-        self._tick()
+        self.display.tick()
         note = getattr(report, "servebench_resume", None)
         if note:
-            self._say(f"[servebench] {note}")
+            self.display.say(f"[servebench] {note}")
         abort = getattr(report, "servebench_abort", None)
         if abort and not self.abort_message:
             self.abort_message = abort
@@ -613,8 +292,7 @@ class ServebenchPlugin:
         if payload:
             self._result_for(payload["task"]).add(payload["case"], payload)
             self.wrong.note(report, payload)
-            passed, judged = self._tally.get(payload["task"], (0, 0))
-            self._tally[payload["task"]] = (passed + (payload["status"] == "passed"), judged + 1)
+            self.display.judged(payload["task"], payload["status"] == "passed")
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # xdist stops the controller with its own KeyboardInterrupt when a worker's run was
@@ -622,24 +300,13 @@ class ServebenchPlugin:
         by_xdist = type(excinfo.value).__module__.startswith("xdist")
         if not (by_xdist and self.abort_message):
             self.interrupted = True
-            if isinstance(excinfo.value, Terminated):
+            if isinstance(excinfo.value, signals.Terminated):
                 self.terminated = True
 
     def _result_for(self, key: str) -> TaskResult:
         if key not in self.results:
             task = next(t for t in self.run.tasks if t.key == key)
-            self.results[key] = TaskResult(
-                key=key,
-                model=task.model.abbr,
-                model_name=task.model.name,
-                dataset=task.dataset.config.abbr,
-                dataset_name=task.dataset.config.name,
-                version=task.dataset.version,
-                mode=task.dataset.config.mode,
-                run_mode=self.options.mode,
-                samples=task.samples,
-                case_ids=[c.id for c in task.cases],
-            )
+            self.results[key] = ending.new_result(task, self.options.mode)
         return self.results[key]
 
     # -- finishing -------------------------------------------------------------------------
@@ -650,19 +317,28 @@ class ServebenchPlugin:
         except Exception as exc:  # stopping the engine must never cost the summary
             log.exception("closing the engine failed")
             self.finish_error = f"the engine did not stop cleanly: {exc}"
-        if self._progress_thread is not None:
-            self._progress_stop.set()
+        self.display.stop()
         if is_worker(self.config):
             return
-        if self.debug_tail is not None:  # the run's last log lines
-            for line in self.debug_tail.poll():
-                self._say(line)
+        self.display.show_debug()  # the run's last log lines
         aborted = self.run.engine.fatal or self.abort_message
         if exitstatus == pytest.ExitCode.INTERRUPTED and not aborted:
             self.interrupted = True
+        draft = ending.Draft()
+        reason: str | None = None
         try:
             if not self.config.option.collectonly:
-                self._finish()
+                for task in self.run.tasks:
+                    judge_saved(self.run, task, self._result_for(task.key), self.options.mode)
+                reason = self._abort_reason()
+                extra = {
+                    "work_dir": str(self.run.work.root),
+                    "timestamp": self.stamp,
+                    "interrupted": self.interrupted,
+                    "mode": self.options.mode,
+                    "aborted": redactor(reason or "") or None,
+                }
+                ending.write_outcome(draft, self.run, self._results(), self.stamp, extra)
         except ServebenchError as exc:
             self.finish_error = str(exc)
         except OSError as exc:  # a full disk, a folder made read-only mid-run
@@ -671,154 +347,52 @@ class ServebenchPlugin:
         except KeyboardInterrupt:
             self.interrupted = True
             self.finish_error = "interrupted while the summary was computed; it is incomplete"
+        if reason is None:  # the steps above did not get that far
+            reason = self._abort_reason()
+        self.outcome = ending.build_outcome(
+            draft,
+            self.run,
+            self.options,
+            self.stamp,
+            self._results(),
+            aborted=reason,
+            interrupted=self.interrupted,
+            terminated=self.terminated,
+            finish_error=self.finish_error,
+            invocation_dir=self.config.invocation_params.dir,
+        )
+        if self.html is not None:
+            self.html.outcome = self.outcome  # pytest-html writes its report after this hook
         # One documented exit status, with and without -n: 2 when the user interrupted,
         # 1 when the run was cut short (aborted) or its summary could not be written.
         if self.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
-        elif aborted or getattr(self, "finish_error", None):
+        elif aborted or self.finish_error:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        apply_gates(self, session)  # with gates, they decide the exit status
+        apply_gates(self.config, session, self.outcome)  # with gates, they decide the exit status
         self._log_handler.close()
 
-    def _finish(self) -> None:
-        for task in self.run.tasks:
-            result = self._result_for(task.key)
-            self._fill_from_store(task, result)
-        results = [self.results[t.key] for t in self.run.tasks]
-        self.finished = results
-        for result in results:
-            write_json(
-                self.run.work.results_file(result.model_name, result.dataset_name), result.to_json()
-            )
-        self.service = {
-            r.key: task_service(
-                self.run.work.predictions_file(r.model_name, r.dataset_name), set(r.case_ids)
-            )
-            for r in results
-        }
-        self.summary_files = write_summary(
-            self.run.work.summary_base(self.stamp),
-            results,
-            {
-                "work_dir": str(self.run.work.root),
-                "timestamp": self.stamp,
-                "interrupted": self.interrupted,
-                "mode": self.options.mode,
-                "aborted": redactor(self._abort_reason() or "") or None,
-            },
-            self.service,
-        )
+    def _results(self) -> list[TaskResult]:
+        """The results there are, in the run's task order."""
+        return [self.results[t.key] for t in self.run.tasks if t.key in self.results]
 
-    def _fill_from_store(self, task: Any, result: TaskResult) -> None:
-        """Cases not run in this session (deselected by --lf or -k) are judged from the saved
-        predictions, so the summary always covers the whole dataset."""
-        missing = [c for c in task.cases if c.id not in result.cases]
-        if not missing:
-            return
-        saved = load_predictions(
-            self.run.work.predictions_file(task.model.name, task.dataset.config.name)
-        )
-        if not saved:
-            return
-        state = self.run.states[task.key]
-        for case in missing:
-            try:
-                jobs = state.jobs_for(case, task.model.model)
-            except Exception:  # a case whose request cannot be built has no saved answer
-                continue
-            records = []
-            for job in jobs:
-                for sample in range(job.first, job.first + job.count):
-                    record = saved.get((case.id, sample))
-                    if record is None or record.get("hash") != job.hash:
-                        break
-                    records.append(record)
-            if len(records) == task.samples:
-                result.add(
-                    case.id,
-                    judge_case(task.dataset.evaluator, case.reference, records, self.options.mode),
-                )
+    def _abort_reason(self) -> str | None:
+        """Why the run stopped early. A managed server that died is named as the cause: the
+        engine only sees that nothing answers any more."""
+        reason = self.run.engine.fatal or self.abort_message
+        if reason is None:
+            return None
+        return crash_reason(self.launcher, self.launched, self.results.values()) or reason
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> Generator[None, None, None]:
         """Around pytest's own summary (FAILURES, short summary): wrong answers one line each
-        (output.py), and the servebench table printed last."""
+        (report/terminal.py), and the servebench summary printed last."""
         tr = terminalreporter
-        hidden = self.wrong.hide(tr) if output.compact(self.config) else []
+        hidden = self.wrong.hide(tr) if terminal.compact(self.config) else []
         try:
             return (yield)
         finally:
             self.wrong.show(tr, hidden)
-            self._write_summary(tr)
-
-    def _write_summary(self, tr: Any) -> None:
-        if is_worker(self.config) or not self.results:
-            return
-        results = [self.results[t.key] for t in self.run.tasks if t.key in self.results]
-        header, rows = build_rows(results)
-        tr.write_sep("=", "servebench summary")
-        for line in render_text(header, rows).splitlines():
-            tr.write_line(line)
-        for line in comparison_lines(comparisons(results)):
-            tr.write_line(line)
-        service = getattr(self, "service", {})
-        srows = service_rows((r.dataset, r.model, service.get(r.key)) for r in results)
-        if srows:
-            tr.write_sep("-", "servebench service")
-            for line in [*render_service_text(srows).splitlines(), SERVICE_NOTE]:
-                tr.write_line(line)
-        if getattr(self, "baseline", None) is not None and self.options.mode != "infer":
-            tr.write_sep("-", "servebench vs baseline")
-            try:
-                lines = baseline_lines(self.baseline, results, service)
-            except ServebenchError as exc:
-                lines = [f"not compared: {exc}"]
-            for line in lines:
-                tr.write_line(line, red="significantly WORSE" in line)
-        for r in results:
-            if not r.complete:
-                figures = r.figures()
-                shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items()) or "no figures"
-                tr.write_line(
-                    f"partial: {r.key} has {r.evaluated} of {len(r.case_ids)} cases "
-                    f"evaluated ({shown} over those only); the table shows '-'",
-                    yellow=True,
-                )
-        aborted = self._abort_reason()
-        if aborted:
-            tr.write_line(f"aborted: {redactor(printable(aborted))}", red=True, bold=True)
-        elif self.interrupted:
-            how = "SIGTERM" if getattr(self, "terminated", False) else "Ctrl-C"
-            tr.write_line(f"interrupted ({how}): what finished is saved", yellow=True)
-        if self.interrupted or aborted or any(not r.complete for r in results):
-            tr.write_line(f"resume: pytest {' '.join(self._resume_args())}", bold=True)
-        if getattr(self, "finish_error", None):
-            tr.write_line(f"error: {redactor(self.finish_error)}", red=True)
-        tr.write_line(f"work dir: {self.run.work.root}")
-        for path in getattr(self, "summary_files", []):
-            if path.suffix == ".csv":
-                tr.write_line(f"summary: {path.with_suffix('')}.{{csv,md,txt,json}}")
-
-    def _resume_args(self) -> list[str]:
-        """The command that continues this run; `--opt=value` so pytest's rootdir stays put."""
-        o = self.options
-        args = [
-            "--sb-models",
-            *o.models,
-            "--sb-datasets",
-            *o.datasets,
-            f"--sb-work-dir={self.run.work.root.parent}",
-            f"--sb-reuse={self.run.work.timestamp}",
-        ]
-        args += [f"--sb-suites={s}" for s in o.suites]
-        datasets_dir = self.run.datasets_dir
-        if datasets_dir != (self.config.invocation_params.dir / "datasets").resolve():
-            args.append(f"--sb-datasets-dir={datasets_dir}")
-        args += [f"--sb-set={redactor(s)}" for s in o.overrides]
-        if o.limit:
-            args.append(f"--sb-limit={o.limit}")
-        if o.mode != "all":
-            args.append(f"--sb-mode={o.mode}")
-        if o.merge_subsets:
-            args.append("--sb-merge-ds")
-        return args
+            if not is_worker(self.config):
+                terminal.write_session_summary(tr, self.outcome, self.baseline)
