@@ -12,8 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import truth_fraction
+
 from pytest_servebench.report.html_report import (
     HEADER_CELLS,
     HtmlReport,

@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import completion_requests
+
 from pytest_servebench.report.summary import build_rows
 from pytest_servebench.scoring.aggregate import SubsetGroup, TaskResult
 from pytest_servebench.session.tasks import Options
