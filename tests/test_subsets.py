@@ -13,6 +13,7 @@ import pytest
 from conftest import completion_requests
 from pytest_servebench.report.summary import build_rows
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.session.tasks import Options
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
@@ -227,15 +228,17 @@ def _result(dataset: str, name: str, scores: list[float], model: str = "m") -> T
         case_ids=ids,
     )
     for cid, score in zip(ids, scores):
-        result.cases[cid] = {
-            "status": "passed" if score else "failed",
-            "scores": [score],
-            "correct": [bool(score)],
-            "votes": ["A"],
-            "errors": 0,
-            "truncated": 0,
-            "unparsable": 0,
-        }
+        result.cases[cid] = Verdict.from_dict(
+            {
+                "status": "passed" if score else "failed",
+                "scores": [score],
+                "correct": [bool(score)],
+                "votes": ["A"],
+                "errors": 0,
+                "truncated": 0,
+                "unparsable": 0,
+            }
+        )
     return result
 
 

@@ -43,7 +43,7 @@ from pytest_servebench.report.summary import (
     write_summary,
 )
 from pytest_servebench.scoring.aggregate import TaskResult
-from pytest_servebench.scoring.verdict import judge_case
+from pytest_servebench.scoring.verdict import Verdict, judge_case
 from pytest_servebench.session import lean as perf
 from pytest_servebench.session import options as opts
 from pytest_servebench.session.items import NODE_PREFIX, CaseItem, TaskCollector, printable
@@ -590,7 +590,7 @@ class ServebenchPlugin:
                 report.servebench = {
                     "task": item.collector.task.key,
                     "case": item.case.id,
-                    **item.verdict,
+                    **item.verdict.to_dict(),
                     **(item.details() if self.rich_reports else {}),
                 }
         return report
@@ -607,10 +607,11 @@ class ServebenchPlugin:
             self.abort_message = abort
         payload = getattr(report, "servebench", None)
         if payload:
-            self._result_for(payload["task"]).add(payload["case"], payload)
-            self.wrong.note(report, payload)
+            verdict = Verdict.from_dict(payload)
+            self._result_for(payload["task"]).add(payload["case"], verdict)
+            self.wrong.note(report, verdict)
             passed, judged = self._tally.get(payload["task"], (0, 0))
-            self._tally[payload["task"]] = (passed + (payload["status"] == "passed"), judged + 1)
+            self._tally[payload["task"]] = (passed + (verdict.status == "passed"), judged + 1)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # xdist stops the controller with its own KeyboardInterrupt when a worker's run was
