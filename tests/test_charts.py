@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATASETS
 from test_html import CHROMIUM, chromium_dom
 
-from conftest import SHARED_DATASETS
 from pytest_servebench.report.charts import (
     _cdf_points,
     accuracy_chart,
@@ -26,6 +26,7 @@ from pytest_servebench.report.charts import (
     read_latencies,
 )
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
 
@@ -43,7 +44,7 @@ def task(model: str, dataset: str, verdicts: dict[str, dict], samples: int = 1) 
         case_ids=list(verdicts),
     )
     for case, verdict in verdicts.items():
-        result.add(case, verdict)
+        result.add(case, Verdict.from_dict(verdict))
     return result
 
 

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, summary_json, truth_fraction
+
 from pytest_servebench.errors import ConfigError, ServebenchError
 from pytest_servebench.report.gates import (
     Gate,
@@ -20,6 +20,7 @@ from pytest_servebench.report.gates import (
     render,
 )
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer, dataset_responder
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -47,15 +48,17 @@ def result(
     for i, case in enumerate(ids[: right + wrong + errors]):
         ok = i < right
         err = i >= right + wrong
-        cases[case] = {
-            "status": "error" if err else ("passed" if ok else "failed"),
-            "scores": [1.0 if ok else 0.0] * samples,
-            "correct": [ok] * samples,
-            "votes": ["1" if ok else "2"] * samples,
-            "errors": samples if err else 0,
-            "truncated": 0,
-            "unparsable": 0,
-        }
+        cases[case] = Verdict.from_dict(
+            {
+                "status": "error" if err else ("passed" if ok else "failed"),
+                "scores": [1.0 if ok else 0.0] * samples,
+                "correct": [ok] * samples,
+                "votes": ["1" if ok else "2"] * samples,
+                "errors": samples if err else 0,
+                "truncated": 0,
+                "unparsable": 0,
+            }
+        )
     return TaskResult(
         key=f"{model}/{dataset}",
         model=model,

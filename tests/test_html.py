@@ -27,6 +27,7 @@ from pytest_servebench.report.html_report import (
 from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.report.summary import comparison_lines, comparisons
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.testing.mockserver import MockServer, Reply, dataset_responder
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -39,15 +40,17 @@ def task(model: str, dataset: str, right: int, n: int = 10, complete: bool = Tru
     ids = [f"q{i}" for i in range(n)]
     done = ids if complete else ids[: n // 2]
     cases = {
-        c: {
-            "status": "passed" if i < right else "failed",
-            "scores": [1.0 if i < right else 0.0],
-            "correct": [i < right],
-            "votes": ["1"],
-            "errors": 0,
-            "truncated": int(i == n - 1),
-            "unparsable": 0,
-        }
+        c: Verdict.from_dict(
+            {
+                "status": "passed" if i < right else "failed",
+                "scores": [1.0 if i < right else 0.0],
+                "correct": [i < right],
+                "votes": ["1"],
+                "errors": 0,
+                "truncated": int(i == n - 1),
+                "unparsable": 0,
+            }
+        )
         for i, c in enumerate(done)
     }
     return TaskResult(

@@ -146,8 +146,8 @@ def test_max_tokens_truncation_is_length_and_counted_truncated(server, stream):
         assert reply.completion_tokens == 5
     record = {"ok": True, "content": reply.content, "finish_reason": reply.finish_reason}
     verdict = judge_case(get_evaluator("gsm8k"), "42", [record], "all")
-    assert verdict["truncated"] == 1
-    assert verdict["status"] == "failed"
+    assert verdict.truncated == 1
+    assert verdict.status == "failed"
 
 
 def test_gguf_chat_template_is_used(server):

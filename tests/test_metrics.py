@@ -10,7 +10,9 @@ import pytest
 from pytest_servebench.scoring.metrics import (
     accuracy,
     case_metrics,
+    case_score,
     confidence_interval,
+    headline_metric,
     mcnemar_exact,
     paired_significance,
     pass_at_k,
@@ -26,6 +28,17 @@ def test_accuracy():
     assert accuracy([1.0]) == 100.0
     assert accuracy([0, 0]) == 0.0
     assert math.isnan(accuracy([]))
+
+
+def test_case_score_is_the_mean_of_the_samples():
+    assert case_score((1.0, 0.0, 0.5, 1.0)) == 0.625
+    assert case_score([0.1, 0.2, 0.3]) == sum([0.1, 0.2, 0.3]) / 3  # sum / n, in that order
+    assert case_score(()) == 0.0  # no judged sample (infer mode)
+
+
+def test_headline_metric():
+    assert headline_metric(1) == "accuracy"
+    assert headline_metric(4) == "avg@4"
 
 
 # --------------------------------------------------------------------------- pass@k

@@ -362,10 +362,12 @@ def test_results_json_is_written_as_json_reads_it(tmp_path):
         assert json.loads((tmp_path / "p.json").read_text()) == plain
 
 
-def test_compact_verdict_reads_like_the_dict_it_replaces():
-    from pytest_servebench.scoring.aggregate import TaskResult, Verdict
+def test_verdict_crosses_as_the_same_plain_dict_and_is_kept_compact():
+    import json
+
+    from pytest_servebench.scoring.aggregate import TaskResult
     from pytest_servebench.scoring.evaluators import get_evaluator
-    from pytest_servebench.scoring.verdict import judge_case
+    from pytest_servebench.scoring.verdict import Verdict, judge_case
 
     evaluator = get_evaluator("gsm8k")
     records = [
@@ -373,18 +375,40 @@ def test_compact_verdict_reads_like_the_dict_it_replaces():
         {"ok": True, "content": "answer: 4", "latency": 0.25, "completion_tokens": 7},
     ]
     verdict = judge_case(evaluator, "3", records, "all")
-    compact = Verdict(verdict)
-    assert dict(compact) == {k: tuple(v) if isinstance(v, list) else v for k, v in verdict.items()}
-    assert compact["votes"] == ("3", "4") and compact.get("nope") is None
-    with pytest.raises(KeyError):
-        compact["nope"]
+    # The plain form: the keys and their order of the dict judge_case made before the type.
+    assert verdict.to_dict() == {
+        "status": "failed",
+        "correct": [True, False],
+        "scores": [1.0, 0.0],
+        "votes": ["3", "4"],
+        "errors": 0,
+        "truncated": 0,
+        "unparsable": 0,
+        "error": None,
+        "error_kind": None,
+        "reference": "3",
+        "extracted": "3",
+        "latency": 0.375,
+        "prompt_tokens": None,
+        "completion_tokens": 7,
+        "finish_reason": "stop",
+    }
+    assert list(verdict.to_dict()) == [
+        "status", "correct", "scores", "votes", "errors", "truncated", "unparsable", "error",
+        "error_kind", "reference", "extracted", "latency", "prompt_tokens",
+        "completion_tokens", "finish_reason",
+    ]  # fmt: skip
+    payload = {"task": "m/d", "case": "c", **verdict.to_dict(), "prompt": "p", "outputs": []}
+    again = Verdict.from_dict(payload)  # what the controller reads from a report
+    assert again == verdict and again.score == 0.5
+    # Recurring per-sample tuples and short strings are one object each across cases.
+    other = Verdict.from_dict(json.loads(json.dumps(verdict.to_dict())))
+    assert other.correct is verdict.correct and other.scores is verdict.scores
+    assert other.finish_reason is verdict.finish_reason and other.votes[1] is verdict.votes[1]
     result = TaskResult("m/d", "m", "m", "d", "d", "v", "gen", "all", 2, ["c"])
-    result.add("c", verdict)
+    result.add("c", again)
     assert result.to_json()["metrics"]
-    assert next(iter(result.to_json()["cases"]))["votes"] == ("3", "4")
-    payload = {"task": "m/d", "case": "c", "prompt": "p", **verdict}
-    result.add("c", payload)
-    assert dict(result.cases["c"]) == dict(compact)  # only the verdict's fields are kept
+    assert next(iter(result.to_json()["cases"])) == {"case": "c", **verdict.to_dict()}
 
 
 def test_only_the_process_own_command_line_leaves_its_objects_at_exit(pytester, monkeypatch):

@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import completion_requests
+
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -77,8 +78,8 @@ def test_prediction_records_hold_prompt_and_reference_once_per_case(pytester, gs
 
 def test_verdicts_keep_scores_as_floats_whatever_came_first():
     result = TaskResult("t", "m", "m", "d", "d", "v", "gen", "all", 1, ["a", "b"])
-    result.add("a", {"status": "failed", "correct": [False], "scores": [0.0]})
-    result.add("b", {"status": "failed", "scores": [0.0], "correct": [False]})
+    result.add("a", Verdict.from_dict({"status": "failed", "correct": [False], "scores": [0.0]}))
+    result.add("b", Verdict.from_dict({"status": "failed", "scores": [0.0], "correct": [False]}))
     for case in result.to_json()["cases"]:
         assert json.dumps(case["scores"]) == "[0.0]" and json.dumps(case["correct"]) == "[false]"
 

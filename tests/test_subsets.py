@@ -14,6 +14,7 @@ from conftest import completion_requests
 
 from pytest_servebench.report.summary import build_rows
 from pytest_servebench.scoring.aggregate import SubsetGroup, TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.session.tasks import Options
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
@@ -237,15 +238,17 @@ def _result(
         group=SubsetGroup(parent, "G", subset, categories) if sep else None,
     )
     for cid, score in zip(ids, scores):
-        result.cases[cid] = {
-            "status": "passed" if score else "failed",
-            "scores": [score],
-            "correct": [bool(score)],
-            "votes": ["A"],
-            "errors": 0,
-            "truncated": 0,
-            "unparsable": 0,
-        }
+        result.cases[cid] = Verdict.from_dict(
+            {
+                "status": "passed" if score else "failed",
+                "scores": [score],
+                "correct": [bool(score)],
+                "votes": ["A"],
+                "errors": 0,
+                "truncated": 0,
+                "unparsable": 0,
+            }
+        )
     return result
 
 
@@ -366,7 +369,9 @@ def test_results_carry_their_group_so_any_caller_gets_the_group_rows(tmp_path):
             (("toy-science", ("algebra", "virology")), ("toy-humanities", ("world_history",))),
         )
         for case_id in result.case_ids:
-            result.add(case_id, {"status": "passed", "scores": [1.0], "correct": [True]})
+            result.add(
+                case_id, Verdict.from_dict({"status": "passed", "scores": [1.0], "correct": [True]})
+            )
         results.append(result)
     _, rows = build_rows(results)
     names = [(r[0], r[2]) for r in rows]

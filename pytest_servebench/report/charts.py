@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_servebench.scoring import metrics
 from pytest_servebench.scoring.aggregate import TaskResult
 
 PALETTE = (  # Okabe-Ito: distinguishable with the common colour-vision deficiencies
@@ -41,7 +42,7 @@ def _short(text: str, limit: int) -> str:
 def headline(result: TaskResult) -> tuple[str, float | None, tuple[float, float] | None]:
     """The figure a chart shows for a task: accuracy (avg@k with k samples), its 95 % CI;
     None for a partial task or an infer run."""
-    name = "accuracy" if result.samples == 1 else f"avg@{result.samples}"
+    name = metrics.headline_metric(result.samples)
     if not result.complete or result.run_mode == "infer":
         return name, None, None
     value = result.figures().get(name)
@@ -271,13 +272,12 @@ def length_buckets(result: TaskResult) -> list[tuple[str, int, float]]:
     truncated cases (finish reason "length") apart, whatever their length."""
     sums: dict[str, list[float]] = {}
     for verdict in result.cases.values():
-        scores = verdict.get("scores") or ()
-        score = sum(scores) / len(scores) if scores else 0.0
-        if verdict.get("truncated"):
+        score = verdict.score
+        if verdict.truncated:
             key = TRUNCATED
         else:
-            tokens = verdict.get("completion_tokens")
-            if not isinstance(tokens, int) or verdict.get("status") == "error":
+            tokens = verdict.completion_tokens
+            if not isinstance(tokens, int) or verdict.status == "error":
                 continue
             per_sample = tokens / max(1, result.samples)
             low = 0 if per_sample < 64 else 2 ** int(math.log2(per_sample))

@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_servebench.errors import ServebenchError
 from pytest_servebench.scoring import metrics
+from pytest_servebench.scoring.verdict import Verdict
 
 SHOWN_IDS = 10  # case ids listed per kind on the terminal (all of them in json and html)
 
@@ -44,7 +45,7 @@ class TaskView:
 
     @property
     def headline(self) -> str:
-        return "accuracy" if self.samples == 1 else f"avg@{self.samples}"
+        return metrics.headline_metric(self.samples)
 
 
 @dataclass
@@ -100,9 +101,9 @@ def _task_from_files(task: Mapping[str, Any], root: Path) -> TaskView:
     if results.is_file():
         data = json.loads(results.read_text(encoding="utf-8"))
         for case in data.get("cases", []):
-            values = case.get("scores") or []
-            scores[case["case"]] = sum(values) / len(values) if values else 0.0
-            if case.get("status") == "error":
+            verdict = Verdict.from_dict(case)
+            scores[case["case"]] = verdict.score
+            if verdict.status == "error":
                 errors.add(case["case"])
     counts = task.get("counts") or {}
     no_cases = None if results.is_file() else f"no per-case results at {results}"
@@ -136,7 +137,7 @@ def task_from_result(result: Any, service: Mapping[str, Any] | None) -> TaskView
         metrics=result.figures(),
         cases=len(result.case_ids),
         scores=result.per_case_scores(),
-        errors={c for c, v in result.cases.items() if v["status"] == "error"},
+        errors={c for c, v in result.cases.items() if v.status == "error"},
         service=dict(service) if service else None,
         counts=result.counts(),
         version=result.version,

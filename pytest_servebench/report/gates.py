@@ -47,6 +47,7 @@ import pytest
 from pytest_servebench.catalog.config import near_matches
 from pytest_servebench.catalog.finder import SuiteIndex, suite_folders
 from pytest_servebench.errors import ConfigError, ServebenchError
+from pytest_servebench.scoring.metrics import headline_metric
 from pytest_servebench.yamlio import line_of, load_yaml
 
 if TYPE_CHECKING:
@@ -384,10 +385,6 @@ def _metric_value(result: TaskResult, metric: str) -> tuple[float | None, str, s
     return figures[name], name, ""
 
 
-def headline_metric(result: TaskResult) -> str:
-    return "accuracy" if result.samples == 1 else f"avg@{result.samples}"
-
-
 def _baseline_index(baseline: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
     index: dict[tuple[str, str], dict[str, float]] = {}
     for task in baseline.get("tasks", []):
@@ -446,7 +443,7 @@ def _threshold(gate: Gate, result: TaskResult) -> GateOutcome:
 
 
 def _drop(gate: Gate, result: TaskResult, baseline: dict | None, index: dict) -> GateOutcome:
-    metric = gate.metric or headline_metric(result)
+    metric = gate.metric or headline_metric(result.samples)
     subject = _subject(result)
     if baseline is None:
         return GateOutcome(

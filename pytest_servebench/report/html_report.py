@@ -22,7 +22,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pytest_servebench.report.charts import accuracy_chart, model_charts
 from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.report.summary import HEADER, build_rows
 from pytest_servebench.scoring.aggregate import COUNT_ROWS, TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 
 PLUGIN_NAME = "servebench-html"
 MAX_TEXT = 50_000  # characters of one prompt / output / reasoning shown in the report
@@ -223,13 +224,14 @@ HEADER_CELLS = (
 )
 
 
-def case_score(payload: dict[str, Any]) -> float | None:
-    scores = payload.get("scores") or []
-    return sum(scores) / len(scores) if scores else None
+def _score(verdict: Verdict) -> float | None:
+    """The case's score; None for a case without judged samples (infer mode)."""
+    return verdict.score if verdict.scores else None
 
 
-def case_cells(payload: dict[str, Any] | None) -> list[str]:
-    """The row cells for the columns of HEADER_CELLS (empty for a report without a case)."""
+def case_cells(payload: Mapping[str, Any] | None) -> list[str]:
+    """The row cells for the columns of HEADER_CELLS (empty for a report without a case).
+    `payload` is a case report's ``servebench`` attribute: its verdict's plain form."""
     if payload is None:
         return [
             f'<td class="col-{name}"></td>'
@@ -242,8 +244,9 @@ def case_cells(payload: dict[str, Any] | None) -> list[str]:
                 "sbfinish",
             )
         ]
-    extracted = payload.get("extracted")
-    votes = payload.get("votes") or []
+    verdict = Verdict.from_dict(payload)
+    extracted = verdict.extracted
+    votes = verdict.votes
     if len(votes) > 1:
         counts: dict[str, int] = {}
         for v in votes:
@@ -252,16 +255,16 @@ def case_cells(payload: dict[str, Any] | None) -> list[str]:
         shown = ", ".join(f"{k}\u00d7{n}" for k, n in counts.items())
     else:
         shown = "" if extracted is None else str(extracted)
-    score = case_score(payload)
-    latency = payload.get("latency")
-    tokens_in, tokens_out = payload.get("prompt_tokens"), payload.get("completion_tokens")
+    score = _score(verdict)
+    latency = verdict.latency
+    tokens_in, tokens_out = verdict.prompt_tokens, verdict.completion_tokens
     tokens = "" if tokens_in is None and tokens_out is None else f"{tokens_in} / {tokens_out}"
-    finish = payload.get("finish_reason")
+    finish = verdict.finish_reason
     finish_cls = "col-sbfinish sb-length" if finish == "length" else "col-sbfinish"
     return [
         f'<td class="col-sbextracted" title="{esc(shown)}">{esc(_short(shown))}</td>',
-        f'<td class="col-sbreference" title="{esc(payload.get("reference"))}">'
-        f"{esc(_short(payload.get('reference')))}</td>",
+        f'<td class="col-sbreference" title="{esc(verdict.reference)}">'
+        f"{esc(_short(verdict.reference))}</td>",
         f'<td class="col-sbscore">{"" if score is None else f"{score:.2f}"}</td>',
         f'<td class="col-sblatency">{"" if latency is None else f"{latency:9.2f} s"}</td>',
         f'<td class="col-sbtokens">{esc(tokens)}</td>',
@@ -276,40 +279,41 @@ def _pre_block(title: str, text: str, open_: bool, cls: str) -> str:
     )
 
 
-def case_details(payload: dict[str, Any]) -> str:
-    """The extras block of a case: its facts, then prompt, outputs and reasonings (folded)."""
-    correct = payload.get("correct") or []
+def case_details(payload: Mapping[str, Any]) -> str:
+    """The extras block of a case: its facts, then prompt, outputs and reasonings (folded).
+    `payload` is a case report's ``servebench`` attribute: its verdict's plain form and, when
+    recorded, its details (session.items.CaseItem.details)."""
+    verdict = Verdict.from_dict(payload)
+    correct = verdict.correct
     facts: list[tuple[str, str]] = [
-        ("status", str(payload.get("status", ""))),
-        ("extracted", "" if payload.get("extracted") is None else str(payload["extracted"])),
-        ("reference", str(payload.get("reference", ""))),
+        ("status", verdict.status),
+        ("extracted", "" if verdict.extracted is None else str(verdict.extracted)),
+        ("reference", verdict.reference),
     ]
     if len(correct) > 1:
         facts.append(("samples", f"{sum(map(bool, correct))} of {len(correct)} correct"))
-        facts.append(
-            (
-                "votes",
-                ", ".join("\u2205" if v is None else str(v) for v in payload.get("votes") or []),
-            )
-        )
-    score = case_score(payload)
+        facts.append(("votes", ", ".join("\u2205" if v is None else str(v) for v in verdict.votes)))
+    score = _score(verdict)
     if score is not None:
         facts.append(("score", f"{score:.2f}"))
-    if payload.get("latency") is not None:
-        facts.append(("latency", f"{payload['latency']:.3f} s (mean per sample)"))
-    if payload.get("prompt_tokens") is not None or payload.get("completion_tokens") is not None:
-        facts.append(
-            (
-                "tokens",
-                f"{payload.get('prompt_tokens')} in / {payload.get('completion_tokens')} out",
-            )
+    if verdict.latency is not None:
+        facts.append(("latency", f"{verdict.latency:.3f} s (mean per sample)"))
+    if verdict.prompt_tokens is not None or verdict.completion_tokens is not None:
+        facts.append(("tokens", f"{verdict.prompt_tokens} in / {verdict.completion_tokens} out"))
+    facts.append(("finish reason", str(verdict.finish_reason)))
+    flags = [
+        f"{count} {name}"
+        for name, count in (
+            ("errors", verdict.errors),
+            ("truncated", verdict.truncated),
+            ("unparsable", verdict.unparsable),
         )
-    facts.append(("finish reason", str(payload.get("finish_reason"))))
-    flags = [f"{payload[k]} {k}" for k in ("errors", "truncated", "unparsable") if payload.get(k)]
+        if count
+    ]
     if flags:
         facts.append(("flags", ", ".join(flags)))
-    if payload.get("error"):
-        facts.append(("error", str(payload["error"])))
+    if verdict.error:
+        facts.append(("error", verdict.error))
     out = ['<div class="sb-case"><table>']
     out += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts]
     out.append("</table>")

@@ -22,6 +22,7 @@ from pytest_servebench.report.compare import baseline_lines
 from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.report.service import SERVICE_NOTE, render_service_text, service_rows
 from pytest_servebench.report.summary import comparison_lines, render_text
+from pytest_servebench.scoring.verdict import Verdict
 
 CELL = 60  # characters of an extracted answer or a reference on the line
 
@@ -55,15 +56,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= CELL else text[: CELL - 4] + "...'"
 
 
-def wrong_answer_line(verdict: dict[str, Any]) -> str:
+def wrong_answer_line(verdict: Verdict) -> str:
     """'extracted '4', reference '3'' (with the samples and truncation when they matter)."""
-    correct = verdict.get("correct") or []
-    votes = verdict.get("votes") or []
-    shown = _short(votes) if len(votes) > 1 else _short(verdict.get("extracted"))
-    line = f"extracted {shown}, reference {_short(verdict.get('reference'))}"
+    correct = verdict.correct
+    votes = verdict.votes
+    shown = _short(list(votes)) if len(votes) > 1 else _short(verdict.extracted)
+    line = f"extracted {shown}, reference {_short(verdict.reference)}"
     if len(correct) > 1:
         line += f" ({sum(map(bool, correct))}/{len(correct)} samples correct)"
-    if verdict.get("truncated"):
+    if verdict.truncated:
         line += " (truncated: finish_reason=length)"
     return line
 
@@ -76,10 +77,10 @@ class WrongAnswers:
         self.lines: dict[int, str] = {}  # id(report) -> its line (from the verdict: under xdist
         # the report's text starts with the worker's name)
 
-    def note(self, report: Any, payload: dict[str, Any]) -> None:
-        if report.when == "call" and report.failed and payload.get("status") == "failed":
+    def note(self, report: Any, verdict: Verdict) -> None:
+        if report.when == "call" and report.failed and verdict.status == "failed":
             self.reports.append(report)
-            self.lines[id(report)] = wrong_answer_line(payload)
+            self.lines[id(report)] = wrong_answer_line(verdict)
 
     def hide(self, tr: Any) -> list[Any]:
         """Take the wrong answers out of the terminal's failures for its FAILURES section and

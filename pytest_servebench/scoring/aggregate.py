@@ -3,84 +3,13 @@ per-task figures. Reads only what reports and the store carry."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_servebench.scoring import metrics
+from pytest_servebench.scoring.verdict import Verdict
 
 COUNT_ROWS = ("errors", "truncated", "unparsable")
-
-# What scoring.judge_case returns for a case, in its order.
-VERDICT_FIELDS = (
-    "status",
-    "correct",
-    "scores",
-    "votes",
-    "errors",
-    "truncated",
-    "unparsable",
-    "error",
-    "error_kind",  # "request" or "evaluator" (what made the case an error), else None
-    "reference",
-    "extracted",
-    "latency",
-    "prompt_tokens",
-    "completion_tokens",
-    "finish_reason",
-)
-_FIELD_INDEX = {name: i for i, name in enumerate(VERDICT_FIELDS)}
-_ABSENT = object()
-_ONE_VOTE = object()
-_VOTES, _EXTRACTED = _FIELD_INDEX["votes"], _FIELD_INDEX["extracted"]
-_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (True,), (0.0,), ...: one object each
-
-
-def _compact(value: Any) -> Any:
-    """Lists as tuples; the few tuples of per-sample flags and scores that recur, shared; short
-    strings that recur ("stop", "42") shared (each reply decoded its own copy)."""
-    if type(value) is str:
-        return sys.intern(value) if len(value) <= 32 else value
-    if not isinstance(value, list):
-        return value
-    as_tuple = tuple(value)
-    if len(as_tuple) <= 8 and all(v is None or type(v) in (bool, float) for v in as_tuple):
-        # Keyed with the types: (0.0,) == (False,) in Python, and a shared (False,) would
-        # turn the scores of a results file into true/false.
-        key = tuple((type(v), v) for v in as_tuple)
-        return _SHARED.setdefault(key, as_tuple)
-    return as_tuple
-
-
-class Verdict(Mapping[str, Any]):
-    """A case's verdict as the controller keeps it until the session ends: a tuple of
-    values instead of a dict of lists (~350 bytes instead of ~1,900; 50,000 cases live at
-    once). Reads as the mapping judge_case made, with tuples for its lists."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, verdict: Mapping[str, Any]) -> None:
-        values = [_compact(verdict.get(name, _ABSENT)) for name in VERDICT_FIELDS]
-        votes = values[_VOTES]
-        if isinstance(votes, tuple) and len(votes) == 1 and votes[0] is values[_EXTRACTED]:
-            values[_VOTES] = _ONE_VOTE  # one sample: its vote is the extracted answer
-        self._values = tuple(values)
-
-    def __getitem__(self, key: str) -> Any:
-        index = _FIELD_INDEX.get(key)
-        value = _ABSENT if index is None else self._values[index]
-        if value is _ABSENT:
-            raise KeyError(key)
-        if value is _ONE_VOTE:
-            return (self._values[_EXTRACTED],)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, v in zip(VERDICT_FIELDS, self._values) if v is not _ABSENT)
-
-    def __len__(self) -> int:
-        return sum(v is not _ABSENT for v in self._values)
 
 
 @dataclass(frozen=True)
@@ -106,13 +35,11 @@ class TaskResult:
     run_mode: str  # all / infer / eval
     samples: int
     case_ids: list[str]
-    cases: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    cases: dict[str, Verdict] = field(default_factory=dict)
     group: SubsetGroup | None = None  # a subset of a split dataset: its group
 
-    def add(self, case_id: str, verdict: Mapping[str, Any]) -> None:
-        """Keep a case's verdict: judge_case's fields of `verdict` (a report's payload also
-        carries the task, the case and what reports show; those are not kept)."""
-        self.cases[case_id] = Verdict(verdict)
+    def add(self, case_id: str, verdict: Verdict) -> None:
+        self.cases[case_id] = verdict
 
     @property
     def evaluated(self) -> int:
@@ -127,12 +54,12 @@ class TaskResult:
         return {
             "cases": len(self.case_ids),
             "evaluated": len(verdicts),
-            "passed": sum(v["status"] == "passed" for v in verdicts),
-            "failed": sum(v["status"] == "failed" for v in verdicts),
-            "errors": sum(v["status"] == "error" for v in verdicts),
-            "truncated": sum(bool(v.get("truncated")) for v in verdicts),
-            "unparsable": sum(bool(v.get("unparsable")) for v in verdicts),
-            "error_samples": sum(v.get("errors", 0) for v in verdicts),
+            "passed": sum(v.status == "passed" for v in verdicts),
+            "failed": sum(v.status == "failed" for v in verdicts),
+            "errors": sum(v.status == "error" for v in verdicts),
+            "truncated": sum(bool(v.truncated) for v in verdicts),
+            "unparsable": sum(bool(v.unparsable) for v in verdicts),
+            "error_samples": sum(v.errors for v in verdicts),
         }
 
     def figures(self) -> dict[str, float]:
@@ -141,26 +68,21 @@ class TaskResult:
         if not verdicts or self.run_mode == "infer":
             return {}
         k = self.samples
-        per_case = [sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0 for v in verdicts]
         if k == 1:
-            return {"accuracy": metrics.accuracy(per_case)}
-        samples = [v["correct"] for v in verdicts]
-        votes = [v["votes"] for v in verdicts]
+            return {"accuracy": metrics.accuracy([v.score for v in verdicts])}
+        samples = [v.correct for v in verdicts]
+        votes = [v.votes for v in verdicts]
         return metrics.case_metrics(samples, votes, k)
 
     def intervals(self) -> dict[str, tuple[float, float]]:
         verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]
         if not verdicts or self.run_mode == "infer":
             return {}
-        per_case = [sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0 for v in verdicts]
-        name = "accuracy" if self.samples == 1 else f"avg@{self.samples}"
-        return {name: metrics.confidence_interval(per_case)}
+        name = metrics.headline_metric(self.samples)
+        return {name: metrics.confidence_interval([v.score for v in verdicts])}
 
     def per_case_scores(self) -> dict[str, float]:
-        return {
-            c: (sum(v["scores"]) / len(v["scores"]) if v["scores"] else 0.0)
-            for c, v in self.cases.items()
-        }
+        return {c: v.score for c, v in self.cases.items()}
 
     def to_json(self, include_cases: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -179,5 +101,7 @@ class TaskResult:
         }
         if include_cases:
             # Made one case at a time as the file is written (store.write_json).
-            data["cases"] = ({"case": c, **self.cases[c]} for c in self.case_ids if c in self.cases)
+            data["cases"] = (
+                {"case": c, **self.cases[c].to_dict()} for c in self.case_ids if c in self.cases
+            )
         return data

@@ -27,6 +27,19 @@ BOOTSTRAP_SEED = 0
 SIGNIFICANCE_LEVEL = 0.05
 
 
+def case_score(scores: Sequence[float]) -> float:
+    """A case's score in 0..1: ``mean_j(score_j)`` over its samples, ``sum / n`` (0.0 with no
+    sample, as an infer run's cases). Every per-case score shown or compared comes from here,
+    so all of them agree to the last digit."""
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def headline_metric(samples: int) -> str:
+    """The figure that stands for a task: ``accuracy`` with one sample per case, ``avg@k``
+    (the mean of :func:`case_score`) with ``k`` samples."""
+    return "accuracy" if samples == 1 else f"avg@{samples}"
+
+
 def accuracy(scores: Sequence[float]) -> float:
     """Accuracy in percent: ``100 * mean_i(score_i)`` over the per-case scores (each in 0..1).
 

@@ -9,6 +9,7 @@ import pytest
 
 from pytest_servebench.catalog.datasets import Case
 from pytest_servebench.engine.jobs import RunAborted
+from pytest_servebench.scoring.verdict import Verdict
 
 if TYPE_CHECKING:
     from pytest_servebench.session.tasks import Task, TaskState
@@ -83,7 +84,7 @@ class CaseItem(pytest.Item):
     def __init__(self, *, case: Case, **kwargs: Any):
         super().__init__(**kwargs)
         self.case = case
-        self.verdict: dict[str, Any] | None = None
+        self.verdict: Verdict | None = None
         self.records: Sequence[dict[str, Any]] = _NO_RECORDS
         # Only ever read (-k matching): one shared empty set instead of one per case.
         self.extra_keyword_matches = _NO_EXTRA_KEYWORDS  # type: ignore[assignment]
@@ -96,26 +97,21 @@ class CaseItem(pytest.Item):
     def setup(self) -> None:
         state = self.collector.state
         self.records = state.records_for(self.case)
-        self.verdict = state.judge(self.case, self.records)
+        verdict = self.verdict = state.judge(self.case, self.records)
         # JUnit properties: --junitxml shows each case's score, answer and reference.
         self.user_properties = [
             *self.user_properties,
-            (
-                "score",
-                sum(self.verdict["scores"]) / len(self.verdict["scores"])
-                if self.verdict["scores"]
-                else 0.0,
-            ),
-            ("extracted", str(self.verdict["extracted"])),
-            ("reference", self.verdict["reference"]),
+            ("score", verdict.score),
+            ("extracted", str(verdict.extracted)),
+            ("reference", verdict.reference),
         ]
-        if self.verdict["status"] == "error":
-            kind = JudgeError if self.verdict.get("error_kind") == "evaluator" else RequestError
-            raise kind(self.verdict["error"])
+        if verdict.status == "error":
+            kind = JudgeError if verdict.error_kind == "evaluator" else RequestError
+            raise kind(verdict.error)
 
     def runtest(self) -> None:
         assert self.verdict is not None
-        if self.verdict["status"] == "failed":
+        if self.verdict.status == "failed":
             raise WrongAnswer()
 
     def teardown(self) -> None:
@@ -151,23 +147,23 @@ class CaseItem(pytest.Item):
         return super()._repr_failure_py(excinfo, style)
 
     def _wrong_answer_message(self) -> str:
-        assert self.verdict is not None
+        verdict = self.verdict
+        assert verdict is not None
         from pytest_servebench.report.terminal import compact, wrong_answer_line
 
         if compact(self.config):  # one line; -v or --tb give the full section (output.py)
-            return wrong_answer_line(self.verdict)
+            return wrong_answer_line(verdict)
         task = self.collector.task
         question = " ".join(task.dataset.question_text(self.case).split())
         outputs = [r.get("content") or "" for r in self.records if r.get("ok")]
         tail = outputs[0][-400:] if outputs else ""
         lines = [
-            f"wrong answer ({sum(self.verdict['correct'])}/{len(self.verdict['correct'])} "
-            f"samples correct)",
+            f"wrong answer ({sum(verdict.correct)}/{len(verdict.correct)} samples correct)",
             f"  question : {question[:300]}" + ("..." if len(question) > 300 else ""),
-            f"  extracted: {self.verdict['votes']}"
-            if len(self.verdict["votes"]) > 1
-            else f"  extracted: {self.verdict['extracted']!r}",
-            f"  reference: {self.verdict['reference']!r}",
+            f"  extracted: {list(verdict.votes)}"
+            if len(verdict.votes) > 1
+            else f"  extracted: {verdict.extracted!r}",
+            f"  reference: {verdict.reference!r}",
             f"  output end: ...{tail}"
             if outputs and len(outputs[0]) > 400
             else f"  output   : {tail}",

@@ -27,6 +27,7 @@ from pytest_servebench.report.gates import apply_gates, setup_gates
 from pytest_servebench.report.html_report import HtmlReport, register_html
 from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.scoring.aggregate import TaskResult
+from pytest_servebench.scoring.verdict import Verdict
 from pytest_servebench.session import checks, signals
 from pytest_servebench.session import lean as perf
 from pytest_servebench.session import options as opts
@@ -273,7 +274,7 @@ class ServebenchPlugin:
                 report.servebench = {
                     "task": item.collector.task.key,
                     "case": item.case.id,
-                    **item.verdict,
+                    **item.verdict.to_dict(),
                     **(item.details() if self.rich_reports else {}),
                 }
         return report
@@ -290,9 +291,10 @@ class ServebenchPlugin:
             self.abort_message = abort
         payload = getattr(report, "servebench", None)
         if payload:
-            self._result_for(payload["task"]).add(payload["case"], payload)
-            self.wrong.note(report, payload)
-            self.display.judged(payload["task"], payload["status"] == "passed")
+            verdict = Verdict.from_dict(payload)
+            self._result_for(payload["task"]).add(payload["case"], verdict)
+            self.wrong.note(report, verdict)
+            self.display.judged(payload["task"], verdict.status == "passed")
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # xdist stops the controller with its own KeyboardInterrupt when a worker's run was

@@ -16,7 +16,7 @@ from pytest_servebench.engine.jobs import Job, RunAborted
 from pytest_servebench.engine.process import RemoteEngine, RemoteRun
 from pytest_servebench.engine.request_body import build_body, generation_kwargs, request_hash
 from pytest_servebench.redaction import is_secret_header, redactor
-from pytest_servebench.scoring.verdict import judge_case
+from pytest_servebench.scoring.verdict import Verdict, judge_case
 from pytest_servebench.store import PredictionWriter, WorkDir, disk_error_message, load_predictions
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ class TaskState:
         )
         return self._wait(handle, case.id)
 
-    def judge(self, case: Case, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def judge(self, case: Case, records: list[dict[str, Any]]) -> Verdict:
         return judge_case(
             self.task.dataset.evaluator, case.reference, records, self.run.options.mode
         )

@@ -23,7 +23,8 @@ ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """The verdict on one output.
+    """The judgement of one output (a case's ``scoring.verdict.Verdict`` is made of the
+    judgements of its samples).
 
     ``extracted`` is the canonical answer read from the output ("1234", "B", ...) or ``None``
     when nothing could be extracted (the output is *unparsable*); ``score`` is 1.0 / 0.0 for
