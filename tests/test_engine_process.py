@@ -1,4 +1,4 @@
-"""The engine process (remote.py + engine_child.py): the same answers as the in-thread engine,
+"""The engine process (process.py + child.py): the same answers as the in-thread engine,
 bounded memory on pytest's side, and no lost work or hang when the child goes away."""
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from pathlib import Path
 import pytest
 
 from pytest_servebench.catalog.config import ModelConfig
-from pytest_servebench.engine.jobs import Job, RunAborted
-from pytest_servebench.engine.process import RemoteEngine
-from pytest_servebench.engine.wire import frame, unframe
-from pytest_servebench.store import PredictionWriter
+from pytest_servebench.engine.jobs import CaseJobs, CaseResult, Job, RunAborted, each_case
+from pytest_servebench.engine.process import ProcessEngine
+from pytest_servebench.engine.protocol import TaskSpec
+from pytest_servebench.engine.wire import Done, Feed, LogLine, frame, unframe
 from pytest_servebench.testing.mockserver import FaultPlan, MockServer
 
 
 def test_frames_come_out_whole_however_the_bytes_arrive():
+    job = Job("a", 0, 1, {"prompt": "a"}, "h", "ref")
     messages = [
-        ("done", [(1, "a", [{"ok": True, "content": "x" * 70_000}])]),
-        ("log", 20, "n", "é"),
+        Done(1, [CaseResult("a", [{"ok": True, "content": "x" * 70_000}])]),
+        LogLine(20, "n", "é"),
+        Feed(1, [CaseJobs("a", [job]), CaseJobs("b", [], "no template")], True),
     ]
     stream = b"".join(frame(m) for m in messages)
     for step in (1, 3, 4096, len(stream)):
@@ -50,6 +52,10 @@ def _jobs(case_id: str) -> list[Job]:
     return [Job(case_id, 0, 1, {"prompt": case_id, "max_tokens": 8}, f"h-{case_id}")]
 
 
+def _spec(model: ModelConfig, path: Path, order: list[str], build=_jobs, key="m/d") -> TaskSpec:
+    return TaskSpec(key, model, path, 1, order, each_case(key, order, build))
+
+
 def _answer(request) -> str:
     prompt = request.body["prompt"]
     return f"answer: {prompt[1:]}"
@@ -59,10 +65,10 @@ def test_every_case_comes_back_once_with_its_reply_saved_by_the_child(tmp_path):
     order = [f"c{i}" for i in range(300)]
     path = tmp_path / "p.jsonl"
     with MockServer(_answer) as srv:
-        engine = RemoteEngine(lambda cfg: {"Authorization": "Bearer sk-secret"})
+        engine = ProcessEngine(lambda cfg: {"Authorization": "Bearer sk-secret"})
         try:
-            run = engine.start("m/d", _model(srv.base_url), PredictionWriter(path), 1, order, _jobs)
-            got = {cid: run.wait(cid, 20.0) for cid in order}
+            run = engine.start(_spec(_model(srv.base_url), path, order))
+            got = {cid: run.wait(cid, 20.0).records for cid in order}
         finally:
             engine.close()
         seen = dict(srv.stats.requests)
@@ -79,11 +85,17 @@ def test_every_case_comes_back_once_with_its_reply_saved_by_the_child(tmp_path):
 
 def test_pytest_never_holds_more_than_a_window_of_finished_cases(tmp_path):
     order = [f"c{i}" for i in range(3000)]
+    built: list[str] = []
+
+    def build(case_id: str) -> list[Job]:
+        built.append(case_id)
+        return _jobs(case_id)
+
     with MockServer(_answer) as srv:
-        engine = RemoteEngine(lambda cfg: {})
+        engine = ProcessEngine(lambda cfg: {})
         try:
             model = _model(srv.base_url, max_concurrency=16)
-            run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, order, _jobs)
+            run = engine.start(_spec(model, tmp_path / "p", order, build))
             assert run.window == 1024
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and len(run._done) < run.window:
@@ -94,11 +106,11 @@ def test_pytest_never_holds_more_than_a_window_of_finished_cases(tmp_path):
             # Feeding stops once a window of finished cases waits: what is held stays put,
             # below two windows (one finished, one in the child), however long the dataset.
             assert len(run._done) + run.in_child == held <= 2 * run.window
-            assert len(run.pending) == 3000 - held  # nothing more was built
+            assert len(built) == run.pulled == held  # nothing more was pulled, nor built
             got = [run.wait(cid, 20.0) for cid in order]  # taking them lets the rest through
         finally:
             engine.close()
-    assert all(r[0]["ok"] for r in got)
+    assert all(r.records[0]["ok"] for r in got) and built == order
 
 
 def test_a_case_whose_request_cannot_be_built_fails_alone(tmp_path):
@@ -108,21 +120,39 @@ def test_a_case_whose_request_cannot_be_built_fails_alone(tmp_path):
         return _jobs(case_id)
 
     with MockServer(_answer) as srv:
-        engine = RemoteEngine(lambda cfg: {})
+        engine = ProcessEngine(lambda cfg: {})
         try:
             run = engine.start(
-                "m/d",
-                _model(srv.base_url),
-                PredictionWriter(tmp_path / "p"),
-                1,
-                ["a", "b", "c"],
-                make_jobs,
+                _spec(_model(srv.base_url), tmp_path / "p", ["a", "b", "c"], make_jobs)
             )
-            got = {cid: run.wait(cid, 10.0) for cid in ("a", "b", "c")}
+            got = {cid: run.wait(cid, 10.0).records for cid in ("a", "b", "c")}
         finally:
             engine.close()
     assert got["a"][0]["ok"] and got["c"][0]["ok"]
     assert not got["b"][0]["ok"] and "no template" in got["b"][0]["error"]
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_case_the_iterator_never_gives_fails_instead_of_hanging(tmp_path, kind):
+    from pytest_servebench.session.tasks import make_engine
+
+    def broken(order: list[str]):
+        yield CaseJobs("a", _jobs("a"))
+        raise RuntimeError("the dataset broke")  # b and c are never given
+
+    with MockServer(_answer) as srv:
+        engine = make_engine(kind, lambda cfg: {}, tmp_path / "logs")
+        try:
+            order = ["a", "b", "c"]
+            spec = TaskSpec("m/d", _model(srv.base_url), tmp_path / "p", 1, order, broken(order))
+            run = engine.start(spec)
+            got = {cid: run.wait(cid, 10.0) for cid in order}
+        finally:
+            engine.close()
+    assert got["a"].records[0]["ok"]
+    for cid in ("b", "c"):
+        (record,) = got[cid].records
+        assert not record["ok"] and "no request was built" in record["error"]
 
 
 def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
@@ -133,11 +163,11 @@ def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
         return None if request.body["prompt"] == "c0" else "stall"  # no reply for 30 s
 
     with MockServer(_answer, faults=FaultPlan(custom=stall_all_but_c0)) as srv:
-        engine = RemoteEngine(lambda cfg: {}, tmp_path)
+        engine = ProcessEngine(lambda cfg: {}, tmp_path)
         try:
             model = _model(srv.base_url, max_concurrency=4, read_timeout=60.0)
-            run = engine.start("m/d", model, PredictionWriter(path), 1, order, _jobs)
-            assert run.wait("c0", 10.0)[0]["ok"]
+            run = engine.start(_spec(model, path, order))
+            assert run.wait("c0", 10.0).records[0]["ok"]
             os.kill(engine._proc.pid, signal.SIGKILL)
             started = time.monotonic()
             with pytest.raises(RunAborted, match="engine process stopped unexpectedly"):
@@ -146,7 +176,7 @@ def test_a_dead_child_fails_what_is_left_and_keeps_what_finished(tmp_path):
             assert engine.fatal and "exit code -9" in engine.fatal
             child = engine._proc
             with pytest.raises(RunAborted):  # a later task is refused, not given a new child
-                engine.start("m/e", model, PredictionWriter(tmp_path / "q"), 1, ["x"], _jobs)
+                engine.start(_spec(model, tmp_path / "q", ["x"], key="m/e"))
             assert engine._proc is child
         finally:
             engine.close()
@@ -168,12 +198,12 @@ def test_the_model_name_is_asked_once_and_log_lines_come_home(tmp_path, caplog):
             base_url=srv.base_url,
             retry_backoff=0.01,
         )
-        engine = RemoteEngine(lambda cfg: {})
+        engine = ProcessEngine(lambda cfg: {})
         try:
             with caplog.at_level(logging.INFO, logger="servebench"):
                 name = engine.model_name(model)
-                run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, order, _jobs)
-                got = [run.wait(cid, 10.0) for cid in order]
+                run = engine.start(_spec(model, tmp_path / "p", order))
+                got = [run.wait(cid, 10.0).records for cid in order]
                 engine.pump(0.2)
         finally:
             engine.close()
@@ -183,10 +213,10 @@ def test_the_model_name_is_asked_once_and_log_lines_come_home(tmp_path, caplog):
 
 
 def test_an_unreachable_server_stops_the_run_once(tmp_path):
-    engine = RemoteEngine(lambda cfg: {})
+    engine = ProcessEngine(lambda cfg: {})
     try:
         model = _model("http://127.0.0.1:9/v1", retries=0, connect_timeout=1.0)
-        run = engine.start("m/d", model, PredictionWriter(tmp_path / "p"), 1, ["a", "b"], _jobs)
+        run = engine.start(_spec(model, tmp_path / "p", ["a", "b"]))
         with pytest.raises(RunAborted, match="not reachable"):
             for _ in range(40):
                 if run.wait("a", 0.5) is not None:
@@ -221,17 +251,10 @@ def test_a_child_that_crashes_says_why_and_leaves_its_traceback_in_the_logs(tmp_
     from pytest_servebench.redaction import redactor
 
     redactor.add("sk-planted-secret")
-    engine = RemoteEngine(lambda cfg: {}, tmp_path / "logs")
-    monkeypatch.setattr(RemoteEngine, "package_root", broken)
+    engine = ProcessEngine(lambda cfg: {}, tmp_path / "logs")
+    monkeypatch.setattr(ProcessEngine, "package_root", broken)
     try:
-        run = engine.start(
-            "m/d",
-            _model("http://127.0.0.1:9/v1"),
-            PredictionWriter(tmp_path / "p"),
-            1,
-            ["a"],
-            _jobs,
-        )
+        run = engine.start(_spec(_model("http://127.0.0.1:9/v1"), tmp_path / "p", ["a"]))
         with pytest.raises(RunAborted) as caught:
             for _ in range(40):
                 if run.wait("a", 0.5) is not None:
@@ -243,3 +266,30 @@ def test_a_child_that_crashes_says_why_and_leaves_its_traceback_in_the_logs(tmp_
     assert "sk-planted-secret" not in message
     (log,) = (tmp_path / "logs").glob("engine-*.stderr")
     assert "Traceback" in log.read_text()
+
+
+def test_both_engines_offer_every_member_of_the_protocol_with_its_signature(tmp_path):
+    import inspect
+
+    from pytest_servebench.engine import protocol
+    from pytest_servebench.engine.local import ThreadEngine, ThreadTask
+    from pytest_servebench.engine.process import ProcessTask
+
+    engines = [ThreadEngine(lambda cfg: {}), ProcessEngine(lambda cfg: {})]  # nothing starts yet
+    spec = _spec(_model("http://127.0.0.1:9/v1"), tmp_path / "p", ["a"])
+    handles = [
+        ThreadTask("m/d", None, None, 1, ["a"], None),  # type: ignore[arg-type]
+        ProcessTask(engines[1], 1, spec, 8),  # type: ignore[arg-type]
+    ]
+    for proto, impls in [(protocol.Engine, engines), (protocol.TaskHandle, handles)]:
+        names = {n for n in [*vars(proto), *proto.__annotations__] if not n.startswith("_")}
+        assert {"start", "fatal", "on_progress"} <= names or {"wait", "progress"} <= names
+        for impl in impls:
+            for name in names:
+                assert hasattr(impl, name), (impl, name)
+                wanted = getattr(proto, name, None)
+                if inspect.isfunction(wanted):  # a method: the same parameters
+                    got = inspect.signature(getattr(type(impl), name))
+                    assert list(got.parameters) == list(inspect.signature(wanted).parameters)
+    for engine in engines:
+        engine.close()

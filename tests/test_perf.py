@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pytest_servebench import yamlio
-from pytest_servebench.engine.local import RunAborted, TaskRun
+from pytest_servebench.engine.jobs import CaseResult, RunAborted
+from pytest_servebench.engine.local import ThreadTask
 from pytest_servebench.session.lean import index_teardown_reports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,11 +60,11 @@ def test_teardown_index_leaves_an_unknown_reporter_alone():
 
 
 def test_task_run_hands_each_case_over_once():
-    run = TaskRun("m/d", None, None, 2, None, ["a", "b", "c"])  # type: ignore[arg-type]
+    run = ThreadTask("m/d", None, None, 2, ["a", "b", "c"], None)  # type: ignore[arg-type]
     run.deliver("a", [{"sample": 0}], 0)
     assert run.wait("a", 0.01) is None  # one of two samples: not done
     run.deliver("a", [{"sample": 1}], 1)
-    assert run.wait("a", 0.01) == [{"sample": 0}, {"sample": 1}]
+    assert run.wait("a", 0.01) == CaseResult("a", [{"sample": 0}, {"sample": 1}])
     with pytest.raises(KeyError):
         run.wait("a", 0.01)  # taken
     with pytest.raises(KeyError):
@@ -71,16 +72,16 @@ def test_task_run_hands_each_case_over_once():
 
 
 def test_task_run_wakes_the_waiter_at_once():
-    run = TaskRun("m/d", None, None, 1, None, ["a"])  # type: ignore[arg-type]
+    run = ThreadTask("m/d", None, None, 1, ["a"], None)  # type: ignore[arg-type]
     timer = threading.Timer(0.1, run.deliver, ("a", [{"sample": 0}], 0))
     timer.start()
     start = time.monotonic()
-    assert run.wait("a", 5.0) == [{"sample": 0}]
+    assert run.wait("a", 5.0) == CaseResult("a", [{"sample": 0}])
     assert time.monotonic() - start < 2.0
 
 
 def test_task_run_abort_fails_only_what_was_not_delivered():
-    run = TaskRun("m/d", None, None, 1, None, ["a", "b", "c"])  # type: ignore[arg-type]
+    run = ThreadTask("m/d", None, None, 1, ["a", "b", "c"], None)  # type: ignore[arg-type]
     run.deliver("a", [{"sample": 0}], 0)
     threading.Timer(0.1, run.abort, (RunAborted("server gone"),)).start()
     with pytest.raises(RunAborted, match="server gone"):
@@ -88,7 +89,7 @@ def test_task_run_abort_fails_only_what_was_not_delivered():
     run.deliver("c", [{"sample": 0}], 0)  # too late: ignored
     with pytest.raises(RunAborted, match="server gone"):
         run.wait("c", 0.01)
-    assert run.wait("a", 0.01) == [{"sample": 0}]  # delivered before the abort
+    assert run.wait("a", 0.01) == CaseResult("a", [{"sample": 0}])  # delivered before the abort
 
 
 # --------------------------------------------------------------------------- YAML
@@ -309,8 +310,9 @@ def test_kept_reports_are_trimmed_after_every_plugin_read_them(pytester):
 
 def test_a_case_whose_request_cannot_be_built_fails_without_stalling_the_task(tmp_path):
     from pytest_servebench.catalog.config import ModelConfig
-    from pytest_servebench.engine.local import Engine, Job
-    from pytest_servebench.store import PredictionWriter
+    from pytest_servebench.engine.jobs import Job, each_case
+    from pytest_servebench.engine.local import ThreadEngine
+    from pytest_servebench.engine.protocol import TaskSpec
     from pytest_servebench.testing.mockserver import MockServer
 
     def make_jobs(case_id: str) -> list[Job]:
@@ -322,11 +324,12 @@ def test_a_case_whose_request_cannot_be_built_fails_without_stalling_the_task(tm
         model = ModelConfig(
             name="m", source="test", type="openai-completions", base_url=srv.base_url, model="x"
         )
-        engine = Engine(lambda cfg: {})
+        engine = ThreadEngine(lambda cfg: {})
         try:
-            writer = PredictionWriter(tmp_path / "p.jsonl")
-            run = engine.start("m/d", model, writer, 1, ["a", "b", "c"], make_jobs)
-            got = {cid: run.wait(cid, 10.0) for cid in ("a", "b", "c")}
+            order = ["a", "b", "c"]
+            cases = each_case("m/d", order, make_jobs)
+            run = engine.start(TaskSpec("m/d", model, tmp_path / "p.jsonl", 1, order, cases))
+            got = {cid: run.wait(cid, 10.0).records for cid in order}
         finally:
             engine.close()
     assert got["a"][0]["ok"] and got["c"][0]["ok"]

@@ -3,11 +3,11 @@
 pytest's thread and an engine thread share one GIL: at zero latency the two took turns and a
 case cost their sum. Here the engine's event loop owns the process's main thread; pytest sends
 instalments of built requests and gets back finished cases, progress counters, log lines and
-a fatal error if one happens (see remote.py for the other end and wire.py for the frames).
+a fatal error if one happens (see process.py for the other end and wire.py for the messages).
 
-Started by remote.py as `main([package_root, FD])`. It ignores Ctrl-C and SIGTERM (pytest decides
+Started by process.py as `main([package_root, FD])`. It ignores Ctrl-C and SIGTERM (pytest decides
 when to stop and asks for a clean shutdown), and dies with pytest (PR_SET_PDEATHSIG on Linux,
-the socket's EOF elsewhere): predictions are flushed once per loop step, as in-thread."""
+the socket's EOF elsewhere): predictions are flushed once per loop step, as in a thread."""
 
 from __future__ import annotations
 
@@ -18,49 +18,59 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from pytest_servebench.catalog.config import ModelConfig
-from pytest_servebench.engine.local import Engine, Job, TaskRun
-from pytest_servebench.engine.wire import frame, unframe
+from pytest_servebench.engine.jobs import CaseJobs, CaseResult
+from pytest_servebench.engine.local import ThreadEngine, ThreadTask
+from pytest_servebench.engine.wire import (
+    Aborted,
+    AskModel,
+    Close,
+    Closed,
+    Counters,
+    Done,
+    Feed,
+    FromChild,
+    LogLine,
+    ModelName,
+    Start,
+    ToChild,
+    frame,
+    unframe,
+)
 from pytest_servebench.store import PredictionWriter
 
 PROGRESS_EVERY = 0.25  # seconds between progress messages while requests run
 
 
-class ChildRun(TaskRun):
+class ChildTask(ThreadTask):
     """A task whose requests come in instalments and whose finished cases go back to pytest."""
 
-    def __init__(self, child: Child, run_id: int, engine: Engine, start: tuple[Any, ...]):
-        _, _, key, config, _, path, samples, total = start
-        super().__init__(
-            key, engine.endpoint_for(config), PredictionWriter(path), samples, self._jobs_of, []
-        )
+    def __init__(self, child: Child, start: Start, engine: ThreadEngine):
+        writer = PredictionWriter(start.predictions)
+        endpoint = engine.endpoint_for(start.model)
+        super().__init__(start.key, endpoint, writer, start.samples, (), None)
         self.child = child
-        self.run_id = run_id
-        self.progress.total = total
+        self.task_id = start.task
+        self.progress.total = start.total
         self.fed = asyncio.Event()
         self.feed_done = False
-        self._jobs: dict[str, list[Job]] = {}
+        self._queue: deque[CaseJobs] = deque()
 
-    def _jobs_of(self, case_id: str) -> list[Job]:
-        return self._jobs.pop(case_id)
+    def next_case(self) -> CaseJobs | None:
+        return self._queue.popleft() if self._queue else None
 
-    def feed(self, jobs: list[Job], last: bool) -> None:
-        for job in jobs:
-            queued = self._jobs.get(job.case_id)
-            if queued is None:
-                self._jobs[job.case_id] = [job]
-                self.pending.append(job.case_id)
-            else:
-                queued.append(job)
+    def feed(self, cases: list[CaseJobs], last: bool) -> None:
+        self._queue.extend(cases)
         self.feed_done = last
         assert self.fed is not None
         self.fed.set()
 
-    def complete(self, case_id: str, records: list[dict[str, Any]]) -> None:
-        self.child.deliver(self.run_id, case_id, records)
+    def complete(self, result: CaseResult) -> None:
+        self.child.deliver(self.task_id, result)
 
     def abort(self, error: BaseException) -> None:
         self.child.abort(str(error))
@@ -72,10 +82,11 @@ class Child(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.headers: dict[str, dict[str, str]] = {}
-        self.engine = Engine(lambda config: self.headers.get(config.name, {}))
+        self.engine = ThreadEngine(lambda config: self.headers.get(config.name, {}))
         self.engine.on_progress = self.progress
-        self.runs: dict[int, ChildRun] = {}
-        self._outbox: list[tuple[int, str, list[dict[str, Any]]]] = []
+        self.tasks: dict[int, ChildTask] = {}
+        # The cases finished in this step of the loop, per task: one Done each at its end.
+        self._outbox: dict[int, list[CaseResult]] = {}
         self._aborted = False
         self._last_progress = 0.0
         self._pending: set[asyncio.Future[None]] = set()
@@ -93,44 +104,41 @@ class Child(asyncio.Protocol):
         if not self.stopped.done():  # pytest is gone: nothing more to do
             self._spawn(self._stop(reply=False))
 
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "jobs":
-            _, run_id, jobs, last = message
-            self.runs[run_id].feed(jobs, last)
-        elif kind == "start":
-            _, run_id, _, config, headers, *_ = message
-            self.headers[config.name] = headers
-            run = self.runs[run_id] = ChildRun(self, run_id, self.engine, message)
-            self.engine.launch(run)
-        elif kind == "model":
-            _, request_id, config, headers = message
-            self.headers[config.name] = headers
-            self._spawn(self._model_name(request_id, config))
-        elif kind == "close":
-            self._spawn(self._stop(reply=True))
+    def handle(self, message: ToChild) -> None:
+        match message:
+            case Feed(task_id, cases, last):
+                self.tasks[task_id].feed(cases, last)
+            case Start():
+                self.headers[message.model.name] = message.headers
+                task = self.tasks[message.task] = ChildTask(self, message, self.engine)
+                self.engine.launch(task)
+            case AskModel(request, model, headers):
+                self.headers[model.name] = headers
+                self._spawn(self._model_name(request, model))
+            case Close():
+                self._spawn(self._stop(reply=True))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._pending.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._pending.discard)
 
-    async def _model_name(self, request_id: int, config: ModelConfig) -> None:
+    async def _model_name(self, request: int, config: ModelConfig) -> None:
         from pytest_servebench.engine.client import FatalEndpointError
 
         try:
             name = await self.engine.endpoint_for(config).resolve_model()
         except FatalEndpointError as exc:
-            self.send(("model", request_id, None, str(exc)))
+            self.send(ModelName(request, None, str(exc)))
         else:
-            self.send(("model", request_id, name, None))
+            self.send(ModelName(request, name, None))
 
     async def _stop(self, reply: bool) -> None:
         await self.engine.shutdown()
         self._flush()
         self.progress(True)
         if reply:
-            self.send(("closed",))
+            self.send(Closed())
             transport = self.transport
             if transport is not None and not transport.get_write_buffer_size():
                 # Files and connections are closed and pytest has its answer: leave now
@@ -140,31 +148,35 @@ class Child(asyncio.Protocol):
             self.stopped.set_result(None)
 
     # -- to pytest ---------------------------------------------------------------------------
-    def send(self, message: Any) -> None:
+    def send(self, message: FromChild) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(frame(message))  # buffered: the loop never blocks on pytest
 
-    def deliver(self, run_id: int, case_id: str, records: list[dict[str, Any]]) -> None:
-        if not self._outbox:  # one message per loop step, however many cases finished in it
+    def deliver(self, task_id: int, result: CaseResult) -> None:
+        if not self._outbox:  # one Done per task and loop step, however many cases finished
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append((run_id, case_id, records))
+        results = self._outbox.get(task_id)
+        if results is None:
+            self._outbox[task_id] = [result]
+        else:
+            results.append(result)
 
     def _flush(self) -> None:
         if self._outbox:
-            outbox, self._outbox = self._outbox, []
-            for run_id in {run_id for run_id, _, _ in outbox}:
-                self.runs[run_id].writer.flush()  # on disk before pytest counts it as done
-            # A case whose prediction could not be written is not done (the run aborts).
-            saved = [entry for entry in outbox if self.runs[entry[0]].writer.failed is None]
-            if saved:
-                self.send(("done", saved))
+            outbox, self._outbox = self._outbox, {}
+            for task_id, results in outbox.items():
+                writer = self.tasks[task_id].writer
+                writer.flush()  # on disk before pytest counts it as done
+                # A case whose prediction could not be written is not done (the run aborts).
+                if writer.failed is None:
+                    self.send(Done(task_id, results))
 
     def abort(self, message: str) -> None:
         if not self._aborted:
             self._aborted = True
             self._flush()
-            self.send(("abort", message))
+            self.send(Aborted(message))
 
     def progress(self, force: bool) -> None:
         now = time.monotonic()
@@ -172,24 +184,24 @@ class Child(asyncio.Protocol):
             return
         self._last_progress = now
         self._flush()  # counters never run ahead of the cases they count
-        counters = {
-            run_id: (p.posted, p.received, p.finished, p.failed, p.retried)
-            for run_id, run in self.runs.items()
-            for p in (run.progress,)
+        counts = {
+            task_id: (p.posted, p.received, p.finished, p.failed, p.retried)
+            for task_id, task in self.tasks.items()
+            for p in (task.progress,)
         }
-        self.send(("progress", counters, force))
+        self.send(Counters(counts, force))
 
 
 class _Forward(logging.Handler):
     """The engine's log lines go to pytest's log file (which redacts secrets)."""
 
-    def __init__(self, send: Callable[[Any], None]) -> None:
+    def __init__(self, send: Callable[[FromChild], None]) -> None:
         super().__init__()
         self._send = send
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._send(("log", record.levelno, record.name, record.getMessage()))
+            self._send(LogLine(record.levelno, record.name, record.getMessage()))
         except Exception:  # a log line must never stop the engine
             self.handleError(record)
 

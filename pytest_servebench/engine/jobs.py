@@ -1,13 +1,24 @@
-"""What both sides of the engine speak of: a request to send, a task's counters, the abort.
+"""What both sides of the engine speak of: a request to send, a case's requests and its result,
+a task's counters, the abort.
 
-Kept apart from engine.py so that pytest's process imports no HTTP stack when the requests
+Kept apart from local.py so that pytest's process imports no HTTP stack when the requests
 are sent from the engine process."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pytest_servebench.store import disk_error_message
+
+log = logging.getLogger("servebench.engine")
+
+#: The error of a case its task's iterator never gave (a caller's bug): it fails, never hangs.
+NOT_GIVEN = "internal error: no request was built for this case"
 
 
 class RunAborted(Exception):
@@ -56,7 +67,59 @@ class Job:
         ]
 
 
-def unbuilt(case_id: str, samples: int, exc: Exception) -> list[dict[str, Any]]:
-    """The records of a case whose requests could not be built (a template or data bug)."""
-    message = f"internal error building the request: {type(exc).__name__}: {exc}"
-    return Job(case_id, 0, samples, {}, "").failed(message)
+@dataclass(frozen=True, slots=True)
+class CaseJobs:
+    """The requests of one case, as the caller hands them to the engine: the case is finished
+    once they are all answered. `error` says why none could be built (the case fails alone)."""
+
+    case_id: str
+    jobs: list[Job]
+    error: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to the engine process in every instalment: plain arguments unpickle at about
+        # half the cost of a frozen dataclass's generated __setstate__.
+        return CaseJobs, (self.case_id, self.jobs, self.error)
+
+    def failed(self, samples: int) -> CaseResult:
+        """The result of a case whose requests could not be built."""
+        records = Job(self.case_id, 0, samples, {}, "").failed(self.error or NOT_GIVEN)
+        return CaseResult(self.case_id, records)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """Every sample of one finished case, in sample order, as the engine hands it back."""
+
+    case_id: str
+    records: list[dict[str, Any]]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return CaseResult, (self.case_id, self.records)  # one per case: see CaseJobs
+
+
+def each_case(
+    key: str, case_ids: Iterable[str], build: Callable[[str], list[Job]]
+) -> Iterator[CaseJobs]:
+    """The requests of each case, built as the engine pulls them (so that a 50,000-case task
+    never holds every prompt at once). A case whose requests cannot be built (a template or
+    data bug) comes with the error instead, and the others go on."""
+    for case_id in case_ids:
+        try:
+            jobs = build(case_id)
+        except Exception as exc:
+            log.exception("%s %s: cannot build the request", key, case_id)
+            yield CaseJobs(
+                case_id, [], f"internal error building the request: {type(exc).__name__}: {exc}"
+            )
+        else:
+            yield CaseJobs(case_id, jobs)
+
+
+def prepare_folder(path: Path) -> str | None:
+    """Create the folder of a predictions file; the run's abort message if it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return disk_error_message(path, exc)
+    return None

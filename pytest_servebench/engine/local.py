@@ -1,6 +1,8 @@
-"""The request engine: an asyncio loop in a background thread that keeps every endpoint busy
-up to its max concurrency while pytest walks its items one at a time.
+"""The request engine itself: an asyncio loop that keeps every endpoint busy up to its max
+concurrency while pytest walks its items one at a time.
 
+`ThreadEngine` runs the loop in a thread of pytest's process (`--sb-engine thread`); the engine
+process (child.py) runs the same loop as its main thread, fed by `process.ProcessEngine`.
 Knows HTTP, retries and the store; knows nothing of scoring."""
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,7 +29,16 @@ from pytest_servebench.engine.client import (
     send,
 )
 from pytest_servebench.engine.connection import Session, Settings
-from pytest_servebench.engine.jobs import Job, Progress, RunAborted, unbuilt
+from pytest_servebench.engine.jobs import (
+    NOT_GIVEN,
+    CaseJobs,
+    CaseResult,
+    Job,
+    Progress,
+    RunAborted,
+    prepare_folder,
+)
+from pytest_servebench.engine.protocol import TaskSpec
 from pytest_servebench.redaction import is_secret_header, redactor
 from pytest_servebench.store import PredictionWriter, disk_error_message
 
@@ -167,8 +178,8 @@ class Endpoint:
             return self.model_name
 
 
-class TaskRun:
-    """The requests of one model x dataset task, as seen from both threads."""
+class ThreadTask:
+    """The requests of one model x dataset task, as seen from both threads (a TaskHandle)."""
 
     def __init__(
         self,
@@ -176,32 +187,45 @@ class TaskRun:
         endpoint: Endpoint,
         writer: PredictionWriter,
         samples: int,
-        make_jobs: Callable[[str], list[Job]],
-        order: list[str],
+        case_ids: Sequence[str],
+        cases: Iterator[CaseJobs] | None,
     ):
         self.key = key
         self.endpoint = endpoint
         self.writer = writer
         self.samples = samples
-        self.make_jobs = make_jobs
-        self.progress = Progress(total=len(order))
+        self._cases = cases
+        self.progress = Progress(total=len(case_ids))
         # One lock and two small dicts instead of a concurrent.futures.Future per case: 50,000
         # Futures cost 78 MB and 0.75 s to create. A case is in `_waiting` until the engine
         # delivers it, then in `_done` until its item takes it (or the run aborted).
         self._cond = threading.Condition(threading.Lock())
-        self._waiting: set[str] = set(order)
-        self._done: dict[str, list[dict[str, Any]]] = {}
+        self._waiting: set[str] = set(case_ids)
+        self._done: dict[str, CaseResult] = {}
         self._wanted: str | None = None  # the case the main thread waits for
         self._error: BaseException | None = None
         self._partial: dict[str, dict[int, dict[str, Any]]] = {}
         # Samples awaited per case when fewer than all are sent (the others were saved by an
         # earlier run: resume sends only the missing or failed samples).
         self._expected: dict[str, int] = {}
-        # The cases whose requests are still to be built; the engine process gets them in
-        # instalments (`fed` is set when more arrive, `feed_done` once the last one has).
-        self.pending: deque[str] = deque(order)
+        # In the engine process the cases come in instalments instead (child.ChildTask): `fed`
+        # is set when more arrive, `feed_done` once the last one has.
         self.fed: asyncio.Event | None = None
         self.feed_done = True
+
+    def next_case(self) -> CaseJobs | None:
+        """The requests of the next case (engine loop); None when there are none (for now).
+        Pulled one case at a time, so that a 50,000-case task never holds every prompt."""
+        if self._cases is None:
+            return None
+        try:
+            case = next(self._cases, None)
+        except Exception:  # the caller's iterator broke: what it did not give fails (settle)
+            log.exception("%s: cannot build the requests", self.key)
+            case = None
+        if case is None:
+            self._cases = None
+        return case
 
     def expect(self, case_id: str, jobs: list[Job]) -> None:
         """The jobs built for a case: its records are complete once these are in."""
@@ -216,16 +240,25 @@ class TaskRun:
         if len(slots) >= self._expected.get(case_id, self.samples):
             del self._partial[case_id]
             self._expected.pop(case_id, None)
-            self.complete(case_id, [slots[k] for k in sorted(slots)])
+            self.complete(CaseResult(case_id, [slots[k] for k in sorted(slots)]))
 
-    def complete(self, case_id: str, records: list[dict[str, Any]]) -> None:
+    def complete(self, result: CaseResult) -> None:
         """Every sample of a case is in: hand the case over to the main thread."""
+        case_id = result.case_id
         with self._cond:
             if case_id in self._waiting and self._error is None:
                 self._waiting.discard(case_id)
-                self._done[case_id] = records
+                self._done[case_id] = result
                 if self._wanted == case_id:
                     self._cond.notify()
+
+    def settle(self) -> None:
+        """Every request the iterator gave is answered: a case still awaited was never given
+        (a caller's bug), and fails rather than keep its item waiting for ever."""
+        with self._cond:
+            missing = list(self._waiting)
+        for case_id in missing:
+            self.complete(CaseJobs(case_id, [], NOT_GIVEN).failed(self.samples))
 
     def abort(self, error: BaseException) -> None:
         """Every case not delivered yet raises `error` in `wait` (from any thread)."""
@@ -234,23 +267,23 @@ class TaskRun:
                 self._error = error
             self._cond.notify_all()
 
-    def wait(self, case_id: str, timeout: float) -> list[dict[str, Any]] | None:
-        """The records of a case (main thread), once; None if they did not come within
+    def wait(self, case_id: str, timeout: float) -> CaseResult | None:
+        """The result of a case (main thread), once; None if it did not come within
         `timeout` seconds. Raises the abort error for a case not delivered before the abort,
         KeyError for a case that was never submitted (or already taken)."""
         with self._cond:
-            records = self._done.pop(case_id, None)
-            if records is not None:
-                return records
+            result = self._done.pop(case_id, None)
+            if result is not None:
+                return result
             if case_id not in self._waiting:
                 raise KeyError(case_id)
             if self._error is None:
                 self._wanted = case_id
                 self._cond.wait(timeout)
                 self._wanted = None
-                records = self._done.pop(case_id, None)
-                if records is not None:
-                    return records
+                result = self._done.pop(case_id, None)
+                if result is not None:
+                    return result
             if self._error is not None:
                 raise type(self._error)(*self._error.args)  # a fresh one per case
             return None
@@ -259,19 +292,24 @@ class TaskRun:
         self.deliver(job.case_id, job.failed(message), job.first)
 
 
-class Engine:
+class ThreadEngine:
+    """The Engine protocol with the requests sent from a thread of this process."""
+
     def __init__(self, headers_for: Callable[[ModelConfig], dict[str, str]]):
         self._headers_for = headers_for
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._endpoints: dict[str, Endpoint] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runs: list[TaskRun] = []
+        self._drivers: list[asyncio.Task[None]] = []
+        self._started: list[ThreadTask] = []
         self.fatal: str | None = None
         self.stopping = False
         self.on_progress: Callable[[bool], None] = lambda force: None
 
     # -- thread plumbing -------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Nothing to start ahead: the loop's thread starts with the first request."""
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             loop = asyncio.new_event_loop()
@@ -315,81 +353,80 @@ class Engine:
             raise RunAborted(self.fatal) from None
 
     # -- submitting ------------------------------------------------------------------------
-    def start(
-        self,
-        key: str,
-        config: ModelConfig,
-        writer: PredictionWriter,
-        samples: int,
-        order: list[str],
-        make_jobs: Callable[[str], list[Job]],
-    ) -> TaskRun:
-        """Queue every case of a task at once, in item order; return at once."""
+    def start(self, spec: TaskSpec) -> ThreadTask:
+        """Queue every case of a task, in item order; return at once."""
+        problem = prepare_folder(spec.predictions)
+        if problem is not None:
+            self.fatal = self.fatal or problem
+            raise RunAborted(self.fatal)
         loop = self._ensure_loop()
 
-        async def create() -> TaskRun:
-            endpoint = self.endpoint_for(config)
-            run = TaskRun(key, endpoint, writer, samples, make_jobs, order)
-            self.launch(run)
-            return run
+        async def create() -> ThreadTask:
+            endpoint = self.endpoint_for(spec.model)
+            writer = PredictionWriter(spec.predictions)
+            task = ThreadTask(spec.key, endpoint, writer, spec.samples, spec.case_ids, spec.cases)
+            self.launch(task)
+            return task
 
         return asyncio.run_coroutine_threadsafe(create(), loop).result()
 
-    def launch(self, run: TaskRun) -> None:
-        """Start sending the requests of `run` (on the engine's loop)."""
-        if run.writer.on_error is None:
-            run.writer.on_error = self._disk_failed
-        self._runs.append(run)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._drive(run)))
+    def launch(self, task: ThreadTask) -> None:
+        """Start sending the requests of `task` (on the engine's loop)."""
+        if task.writer.on_error is None:
+            task.writer.on_error = self._disk_failed
+        self._started.append(task)
+        self._drivers.append(asyncio.get_running_loop().create_task(self._drive(task)))
 
-    async def _drive(self, run: TaskRun) -> None:
-        pending = run.pending
+    async def _drive(self, task: ThreadTask) -> None:
         jobs: deque[Job] = deque()
 
         def next_job() -> Job | None:
-            # Jobs are built lazily so that a 50,000-case task never holds every prompt at once.
-            while not jobs and pending:
-                case_id = pending.popleft()
-                try:
-                    built = run.make_jobs(case_id)
-                    run.expect(case_id, built)
-                    jobs.extend(built)
-                except Exception as exc:  # the case fails; the worker and the run go on
-                    log.exception("%s %s: cannot build the request", run.key, case_id)
-                    run.deliver(case_id, unbuilt(case_id, run.samples, exc), 0)
+            while not jobs:
+                case = task.next_case()
+                if case is None:
+                    break
+                if case.error is not None or not case.jobs:  # the case fails alone
+                    task.complete(case.failed(task.samples))
+                    continue
+                task.expect(case.case_id, case.jobs)
+                jobs.extend(case.jobs)
             return jobs.popleft() if jobs else None
 
         async def worker() -> None:
             while not self.stopping:
                 job = next_job()
                 if job is None:
-                    if run.feed_done or run.fed is None:
+                    if task.feed_done or task.fed is None:
                         return
-                    run.fed.clear()  # nothing to do until the next instalment
-                    await run.fed.wait()
+                    task.fed.clear()  # nothing to do until the next instalment
+                    await task.fed.wait()
                     continue
                 try:
-                    await self._perform(run, job)
+                    await self._perform(task, job)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must fail one case, never hang the run
-                    log.exception("%s %s: internal error", run.key, job.case_id)
-                    run.fail(job, f"internal error: {type(exc).__name__}: {exc}")
+                    log.exception("%s %s: internal error", task.key, job.case_id)
+                    task.fail(job, f"internal error: {type(exc).__name__}: {exc}")
 
-        width = min(run.endpoint.config.max_concurrency, max(1, run.progress.total * run.samples))
+        width = min(
+            task.endpoint.config.max_concurrency, max(1, task.progress.total * task.samples)
+        )
         try:
             await asyncio.gather(*(worker() for _ in range(width)))
+            if not self.stopping:
+                task.settle()
         finally:
-            run.writer.close()
+            task.writer.close()
             self.on_progress(True)
 
-    async def _perform(self, run: TaskRun, job: Job) -> None:
-        endpoint = run.endpoint
+    async def _perform(self, task: ThreadTask, job: Job) -> None:
+        endpoint = task.endpoint
         config = endpoint.config
         chat = config.type == "openai-chat"
         attempts = 0
         free_retries = 0
-        progress = run.progress
+        progress = task.progress
         error: str | None = None
         replies: list[Any] = []
         latency = 0.0
@@ -483,7 +520,7 @@ class Engine:
                     delay = max(delay, min(exc.retry_after, config.retry_backoff_max))
                 log.warning(
                     "%s %s sample %d: %s; retry %d/%d in %.2fs",
-                    run.key,
+                    task.key,
                     job.case_id,
                     job.first,
                     exc,
@@ -528,10 +565,10 @@ class Engine:
                 # What was asked and expected, in the file once per case (not per sample, and
                 # not in what goes back to pytest): the file alone shows why it was scored.
                 prompt = job.body.get("messages", job.body.get("prompt"))
-                run.writer.write({**record, "prompt": prompt, "reference": job.reference})
+                task.writer.write({**record, "prompt": prompt, "reference": job.reference})
             else:
-                run.writer.write(record)
-            if run.writer.failed is not None:
+                task.writer.write(record)
+            if task.writer.failed is not None:
                 return  # not saved: not done (the run is aborted)
             if record["ok"]:
                 progress.finished += 1
@@ -539,12 +576,12 @@ class Engine:
                 progress.failed += 1
                 log.error(
                     "%s %s sample %d failed: %s",
-                    run.key,
+                    task.key,
                     job.case_id,
                     record["sample"],
                     record["error"],
                 )
-        run.deliver(job.case_id, records, job.first)
+        task.deliver(job.case_id, records, job.first)
         self.on_progress(False)
 
     def _disk_failed(self, writer: PredictionWriter, exc: OSError) -> None:
@@ -555,8 +592,8 @@ class Engine:
             self.fatal = redactor(message)
             log.error("run aborted: %s", self.fatal)
         self.stopping = True
-        for run in self._runs:
-            run.abort(RunAborted(self.fatal))
+        for task in self._started:
+            task.abort(RunAborted(self.fatal))
 
     # -- shutting down ---------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
@@ -575,15 +612,15 @@ class Engine:
     async def shutdown(self) -> None:
         """Drop what is in flight; close clients and prediction files (on the engine's loop)."""
         self.stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for driver in self._drivers:
+            driver.cancel()
+        await asyncio.gather(*self._drivers, return_exceptions=True)
         for endpoint in self._endpoints.values():
             with contextlib.suppress(Exception):
                 await endpoint.client.aclose()
-        for run in self._runs:
-            run.writer.close()  # a write error is kept on the writer, never raised here
+        for task in self._started:
+            task.writer.close()  # a write error is kept on the writer, never raised here
 
     @property
-    def runs(self) -> list[TaskRun]:
-        return list(self._runs)
+    def tasks(self) -> list[ThreadTask]:
+        return list(self._started)

@@ -1,9 +1,10 @@
-"""pytest's side of the engine process (engine_child.py): the Engine interface, over a socket.
+"""pytest's side of the engine process (child.py): the Engine protocol, over a socket.
 
 pytest's main thread is the only one that talks to the child, so there is no lock and no
 thread hand-off: while it waits for a case it reads what the child sent (finished cases,
-progress, log lines) and tops up the requests the child holds. Requests are built here (the
-datasets and templates live here) in instalments: the child holds at most `window` cases,
+progress, log lines) and tops up the requests the child holds. Requests are pulled here from
+the task's iterator (the datasets and templates live here) in instalments: the child holds at
+most `window` cases,
 enough to stay at its max concurrency while pytest judges and reports; and no more is sent
 while `window` finished cases wait for pytest to take them (a child faster than pytest would
 otherwise pile up every reply here). At most two windows of cases are held, so memory does
@@ -20,16 +21,37 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pytest_servebench.catalog.config import ModelConfig
-from pytest_servebench.engine.jobs import Job, Progress, RunAborted, unbuilt
-from pytest_servebench.engine.wire import frame, unframe
+from pytest_servebench.engine.jobs import (
+    NOT_GIVEN,
+    CaseJobs,
+    CaseResult,
+    Progress,
+    RunAborted,
+    prepare_folder,
+)
+from pytest_servebench.engine.protocol import TaskSpec
+from pytest_servebench.engine.wire import (
+    Aborted,
+    AskModel,
+    Close,
+    Closed,
+    Counters,
+    Done,
+    Feed,
+    FromChild,
+    LogLine,
+    ModelName,
+    Start,
+    ToChild,
+    frame,
+    unframe,
+)
 from pytest_servebench.errors import ServebenchError
-from pytest_servebench.store import PredictionWriter
 
 log = logging.getLogger("servebench.engine")
 
@@ -37,42 +59,35 @@ _READ_SIZE = 1 << 20
 SEND_STALL = 60.0  # seconds the child may leave the socket full before it counts as stuck
 
 
-class RemoteRun:
-    """One task's requests, as TaskRun offers them to the main thread."""
+class ProcessTask:
+    """One task's requests, as ThreadTask offers them to the main thread (a TaskHandle)."""
 
-    def __init__(
-        self,
-        engine: RemoteEngine,
-        run_id: int,
-        key: str,
-        samples: int,
-        order: list[str],
-        make_jobs: Callable[[str], list[Job]],
-        window: int,
-    ) -> None:
+    def __init__(self, engine: ProcessEngine, task_id: int, spec: TaskSpec, window: int) -> None:
         self.engine = engine
-        self.run_id = run_id
-        self.key = key
-        self.samples = samples
-        self.progress = Progress(total=len(order))
-        self.pending: deque[str] = deque(order)
-        self.make_jobs = make_jobs
+        self.task_id = task_id
+        self.key = spec.key
+        self.samples = spec.samples
+        self.total = len(spec.case_ids)
+        self.progress = Progress(total=self.total)
+        self._cases = spec.cases
+        self.pulled = 0  # cases taken from the iterator
+        self.exhausted = False  # the last case was taken (or the iterator ended)
         self.window = window  # cases the child may hold, and finished cases we may hold
         self.in_child = 0
-        self._waiting: set[str] = set(order)
-        self._done: dict[str, list[dict[str, Any]]] = {}
+        self._waiting: set[str] = set(spec.case_ids)
+        self._done: dict[str, CaseResult] = {}
         self._error: BaseException | None = None
 
     # -- main thread ---------------------------------------------------------------------
-    def wait(self, case_id: str, timeout: float) -> list[dict[str, Any]] | None:
-        """The records of a case, once; None if they did not come within `timeout` seconds.
+    def wait(self, case_id: str, timeout: float) -> CaseResult | None:
+        """The result of a case, once; None if it did not come within `timeout` seconds.
         Raises the abort error for a case not delivered before the abort, KeyError for a case
         that was never submitted (or already taken)."""
         engine = self.engine
         engine.pump(0.0)  # take what came in and keep the child fed, even when not waiting
-        records = self._done.pop(case_id, None)
-        if records is not None:
-            return records
+        result = self._done.pop(case_id, None)
+        if result is not None:
+            return result
         if case_id not in self._waiting:
             raise KeyError(case_id)
         deadline = time.monotonic() + timeout
@@ -81,40 +96,63 @@ class RemoteRun:
             if left <= 0:
                 return None
             engine.pump(left)
-            records = self._done.pop(case_id, None)
-            if records is not None:
-                return records
+            result = self._done.pop(case_id, None)
+            if result is not None:
+                return result
         raise type(self._error)(*self._error.args)  # a fresh one per case
 
     # -- called by the engine ------------------------------------------------------------
-    def deliver(self, case_id: str, records: list[dict[str, Any]]) -> None:
-        if case_id in self._waiting and self._error is None:
-            self._waiting.discard(case_id)
-            self._done[case_id] = records
+    def deliver(self, result: CaseResult) -> None:
+        if result.case_id in self._waiting and self._error is None:
+            self._waiting.discard(result.case_id)
+            self._done[result.case_id] = result
 
     def abort(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
 
-    def instalment(self) -> tuple[list[Job], bool] | None:
-        """Requests for the cases the child has room for, and whether they are the last;
+    def instalment(self) -> Feed | None:
+        """Requests for the cases the child has room for (`last` once the iterator is done);
         None when too few to be worth a message."""
-        room = min(self.window - self.in_child, self.window - len(self._done))
-        if not self.pending or (room < self.window // 4 and room < len(self.pending)):
+        if self.exhausted:
             return None
-        jobs: list[Job] = []
-        while room > 0 and self.pending:
-            case_id = self.pending.popleft()
-            try:
-                built = self.make_jobs(case_id)
-            except Exception as exc:  # the case fails; the run goes on
-                log.exception("%s %s: cannot build the request", self.key, case_id)
-                self.deliver(case_id, unbuilt(case_id, self.samples, exc))
+        room = min(self.window - self.in_child, self.window - len(self._done))
+        left = self.total - self.pulled
+        if room < self.window // 4 and room < left:
+            return None
+        cases: list[CaseJobs] = []
+        while room > 0 and not self.exhausted:
+            case = self._pull()
+            if case is None:
+                break
+            if case.error is not None or not case.jobs:  # the case fails alone
+                self.deliver(case.failed(self.samples))
                 continue
-            jobs.extend(built)
+            cases.append(case)
             self.in_child += 1
             room -= 1
-        return jobs, not self.pending
+        return Feed(self.task_id, cases, self.exhausted)
+
+    def _pull(self) -> CaseJobs | None:
+        try:
+            case = next(self._cases, None)
+        except Exception:  # the caller's iterator broke: what it did not give fails (settle)
+            log.exception("%s: cannot build the requests", self.key)
+            case = None
+        if case is None:
+            self.exhausted = True
+            return None
+        self.pulled += 1
+        if self.pulled >= self.total:
+            self.exhausted = True  # every case is in: no need to ask the iterator again
+        return case
+
+    def settle(self) -> None:
+        """Once every case the iterator gave has come back, a case still awaited was never
+        given (a caller's bug): it fails rather than keep its item waiting for ever."""
+        if self.exhausted and not self.in_child and self._waiting and self._error is None:
+            for case_id in list(self._waiting):
+                self.deliver(CaseJobs(case_id, [], NOT_GIVEN).failed(self.samples))
 
 
 # The child imports this very copy of the package, whatever the working folder holds.
@@ -124,9 +162,8 @@ _CHILD_MAIN = (
 )
 
 
-class RemoteEngine:
-    """The Engine interface (model_name, start, runs, fatal, on_progress, close), with the
-    requests sent from a child process."""
+class ProcessEngine:
+    """The Engine protocol with the requests sent from a child process."""
 
     package_root = Path(__file__).resolve().parents[2]  # the folder that holds pytest_servebench
 
@@ -140,7 +177,7 @@ class RemoteEngine:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
-        self._runs: dict[int, RemoteRun] = {}
+        self._tasks: dict[int, ProcessTask] = {}
         self._replies: dict[int, tuple[str | None, str | None]] = {}
         self._next_id = 0
         self._closed = False
@@ -183,7 +220,7 @@ class RemoteEngine:
         self._sock = ours
         return ours
 
-    def _send(self, message: Any) -> None:
+    def _send(self, message: ToChild) -> None:
         if self._proc is None:
             self._ensure_process()
         sock = self._sock
@@ -236,44 +273,42 @@ class RemoteEngine:
             self._handle(message)
         self._feed()
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            runs = self._runs
-            for run_id, case_id, records in message[1]:
-                run = runs[run_id]
-                run.in_child -= 1
-                run.deliver(case_id, records)
-        elif kind == "progress":
-            for run_id, counters in message[1].items():
-                p = self._runs[run_id].progress
-                p.posted, p.received, p.finished, p.failed, p.retried = counters
-            self.on_progress(message[2])
-        elif kind == "log":
-            _, level, name, text = message
-            logging.getLogger(name).log(level, "%s", text)
-        elif kind == "abort":
-            self._abort(message[1])
-        elif kind == "model":
-            _, request_id, name, error = message
-            self._replies[request_id] = (name, error)
-        elif kind == "closed":
-            self._closed = True
+    def _handle(self, message: FromChild) -> None:
+        match message:
+            case Done(task_id, results):
+                task = self._tasks[task_id]
+                task.in_child -= len(results)
+                for result in results:
+                    task.deliver(result)
+            case Counters(counts, force):
+                for task_id, counters in counts.items():
+                    p = self._tasks[task_id].progress
+                    p.posted, p.received, p.finished, p.failed, p.retried = counters
+                self.on_progress(force)
+            case LogLine(level, logger, text):
+                logging.getLogger(logger).log(level, "%s", text)
+            case Aborted(reason):
+                self._abort(reason)
+            case ModelName(request, name, error):
+                self._replies[request] = (name, error)
+            case Closed():
+                self._closed = True
 
     def _feed(self) -> None:
         if self.stopping:
             return
-        for run in self._runs.values():
-            instalment = run.instalment()
-            if instalment is not None:
-                self._send(("jobs", run.run_id, *instalment))
+        for task in self._tasks.values():
+            feed = task.instalment()
+            if feed is not None:
+                self._send(feed)
+            task.settle()
 
     def _abort(self, message: str) -> None:
         if self.fatal is None:
             self.fatal = message
         self.stopping = True
-        for run in self._runs.values():
-            run.abort(RunAborted(self.fatal))
+        for task in self._tasks.values():
+            task.abort(RunAborted(self.fatal))
 
     def _lost(self, exc: BaseException | None) -> None:
         """The child is gone (or its socket broke)."""
@@ -305,12 +340,12 @@ class RemoteEngine:
 
         return f": {redactor(lines[-1][-500:])}; see {path}"
 
-    # -- the Engine interface ------------------------------------------------------------
+    # -- the Engine protocol -------------------------------------------------------------
     def model_name(self, config: ModelConfig) -> str:
         if config.model:
             return config.model
         request_id = self._next_id = self._next_id + 1
-        self._send(("model", request_id, config, self._headers_for(config)))
+        self._send(AskModel(request_id, config, self._headers_for(config)))
         while request_id not in self._replies:
             if self._sock is None:
                 raise RunAborted(self.fatal or "the engine process is gone")
@@ -322,30 +357,28 @@ class RemoteEngine:
         assert name is not None
         return name
 
-    def start(
-        self,
-        key: str,
-        config: ModelConfig,
-        writer: PredictionWriter,
-        samples: int,
-        order: list[str],
-        make_jobs: Callable[[str], list[Job]],
-    ) -> RemoteRun:
-        """Queue every case of a task, in item order; return at once."""
-        run_id = self._next_id = self._next_id + 1
+    def start(self, spec: TaskSpec) -> ProcessTask:
+        """Queue every case of a task, in item order; return at once. The child writes the
+        predictions file: its folder is made here, so that a disk problem stops the run now."""
+        problem = prepare_folder(spec.predictions)
+        if problem is not None:
+            self.fatal = self.fatal or problem
+            raise RunAborted(self.fatal)
+        task_id = self._next_id = self._next_id + 1
+        config, samples = spec.model, spec.samples
         requests_per_case = 1 if samples > 1 and config.supports_n else samples
         # Room for stragglers: the child keeps sending while a slow case holds pytest up.
         window = max(1024, 4 * config.max_concurrency // max(1, requests_per_case))
-        run = RemoteRun(self, run_id, key, samples, order, make_jobs, window)
-        self._runs[run_id] = run
+        task = ProcessTask(self, task_id, spec, window)
+        self._tasks[task_id] = task
         headers = self._headers_for(config)
-        self._send(("start", run_id, key, config, headers, writer.path, samples, len(order)))
+        self._send(Start(task_id, spec.key, config, headers, spec.predictions, samples, task.total))
         self._feed()
-        return run
+        return task
 
     @property
-    def runs(self) -> list[RemoteRun]:
-        return list(self._runs.values())
+    def tasks(self) -> list[ProcessTask]:
+        return list(self._tasks.values())
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop sending, drop what is in flight, have the child close its files; wait for it."""
@@ -357,7 +390,7 @@ class RemoteEngine:
             self._sock.close()  # the child reads EOF, stops and closes its files
             self._sock = None
         if self._sock is not None:
-            self._send(("close",))
+            self._send(Close())
             deadline = time.monotonic() + timeout
             while self._sock is not None and not self._closed:
                 left = deadline - time.monotonic()

@@ -1,8 +1,8 @@
 """A live view of the requests: posted / received / finished / failed, rate and ETA per task.
 
-Each process that sends requests publishes its counters to `logs/progress-<id>.json` (from the
-engine thread, at most twice a second); the controller reads them all, so the view works the
-same under pytest-xdist. Not on a terminal (CI logs): plain lines every few seconds. On a
+Each process that sends requests publishes its counters to `logs/progress-<id>.json` (whenever
+the engine reports progress, at most twice a second); the controller reads them all, so the view
+works the same under pytest-xdist. Not on a terminal (CI logs): plain lines every few seconds. On a
 terminal: LiveBlock, one line per active task kept in place below pytest's own output.
 """
 
@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_servebench.engine.local import Engine
+    from pytest_servebench.engine.protocol import Engine
 
 
 def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:
     out = {}
-    for run in engine.runs:
-        p = run.progress
-        out[run.key] = {
-            "total": p.total * run.samples,
+    for task in engine.tasks:
+        p = task.progress
+        out[task.key] = {
+            "total": p.total * task.samples,
             "posted": p.posted,
             "received": p.received,
             "finished": p.finished,

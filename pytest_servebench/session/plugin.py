@@ -152,16 +152,14 @@ class ServebenchPlugin:
         """Start the engine process now, so that its start-up overlaps pytest's, in each
         process that will send (not an xdist controller, not --collect-only or --sb-mode
         eval). xdist's own configure, which registers the controller, runs after this one."""
-        warm_up = getattr(self.run.engine, "warm_up", None)
         distributing = getattr(self.config.option, "dist", "no") != "no"
         if (
-            warm_up is None
-            or self.options.mode == "eval"
+            self.options.mode == "eval"
             or self.config.option.collectonly
             or (distributing and not is_worker(self.config))
         ):
             return
-        warm_up()
+        self.run.engine.warm_up()
 
     # -- start -----------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_servebench.catalog.config import DatasetConfig, ModelConfig
 from pytest_servebench.catalog.datasets import Case, Dataset, expand
 from pytest_servebench.engine.connection import environment_proxies
-from pytest_servebench.engine.jobs import Job, RunAborted
-from pytest_servebench.engine.process import RemoteEngine, RemoteRun
+from pytest_servebench.engine.jobs import CaseJobs, Job, RunAborted, each_case
+from pytest_servebench.engine.process import ProcessEngine
+from pytest_servebench.engine.protocol import Engine, TaskHandle, TaskSpec
 from pytest_servebench.engine.request_body import build_body, generation_kwargs, request_hash
 from pytest_servebench.redaction import is_secret_header, redactor
 from pytest_servebench.scoring.verdict import Verdict, judge_case
-from pytest_servebench.store import PredictionWriter, WorkDir, disk_error_message, load_predictions
-
-if TYPE_CHECKING:
-    from pytest_servebench.engine.local import Engine, TaskRun
+from pytest_servebench.store import WorkDir, load_predictions
 
 log = logging.getLogger("servebench")
 
@@ -66,7 +64,7 @@ class TaskState:
     def __init__(self, task: Task, run: Run):
         self.task = task
         self.run = run
-        self.handle: TaskRun | RemoteRun | None = None
+        self.handle: TaskHandle | None = None
         self.ready: dict[str, list[dict[str, Any]]] = {}
         self.kept: dict[str, list[dict[str, Any]]] = {}  # saved samples of a case being resent
         self.started = False
@@ -129,23 +127,14 @@ class TaskState:
             by_id[case.id] = case
         if to_send:
             model_name = engine.model_name(self.task.model)
-            path = self.run.work.predictions_file(*self.file_key)
-            try:
-                writer = PredictionWriter(path)
-            except OSError as exc:
-                engine.fatal = engine.fatal or disk_error_message(path, exc)
-                raise RunAborted(engine.fatal) from None
+
+            def unsent(case_id: str) -> list[Job]:
+                jobs = self.jobs_for(by_id[case_id], model_name)
+                return [job for job in jobs if job.first not in kept_jobs.get(case_id, ())]
+
+            # Built as the engine pulls them: one case's prompts at a time, not the task's.
             self.handle = engine.start(
-                self.task.key,
-                self.task.model,
-                writer,
-                self.task.samples,
-                to_send,
-                lambda cid: [
-                    job
-                    for job in self.jobs_for(by_id[cid], model_name)
-                    if job.first not in kept_jobs.get(cid, ())
-                ],
+                self._spec(to_send, each_case(self.task.key, to_send, unsent))
             )
         self.saved.clear()  # what we need was copied out; free the memory
         if resuming:
@@ -222,10 +211,21 @@ class TaskState:
             self.taken[case.id] = records
         return records
 
-    def _wait(self, handle: TaskRun | RemoteRun, case_id: str) -> list[dict[str, Any]]:
+    def _spec(self, case_ids: list[str], cases: Iterator[CaseJobs]) -> TaskSpec:
+        return TaskSpec(
+            key=self.task.key,
+            model=self.task.model,
+            predictions=self.run.work.predictions_file(*self.file_key),
+            samples=self.task.samples,
+            case_ids=case_ids,
+            cases=cases,
+        )
+
+    def _wait(self, handle: TaskHandle, case_id: str) -> list[dict[str, Any]]:
         while True:
-            records = handle.wait(case_id, 0.5)
-            if records is not None:
+            result = handle.wait(case_id, 0.5)
+            if result is not None:
+                records = result.records
                 kept = self.kept.pop(case_id, None)
                 if kept:
                     by_sample = {r["sample"]: r for r in kept}
@@ -239,15 +239,8 @@ class TaskState:
             return self._saved_records(case, None)
         engine = self.run.engine
         model_name = engine.model_name(self.task.model)
-        handle = engine.start(
-            self.task.key,
-            self.task.model,
-            PredictionWriter(self.run.work.predictions_file(*self.file_key)),
-            self.task.samples,
-            [case.id],
-            lambda cid: self.jobs_for(case, model_name),
-        )
-        return self._wait(handle, case.id)
+        cases = each_case(self.task.key, [case.id], lambda _: self.jobs_for(case, model_name))
+        return self._wait(engine.start(self._spec([case.id], cases)), case.id)
 
     def judge(self, case: Case, records: list[dict[str, Any]]) -> Verdict:
         return judge_case(
@@ -257,14 +250,14 @@ class TaskState:
 
 def make_engine(
     kind: str, headers_for: Callable[[ModelConfig], dict[str, str]], logs: Path
-) -> Engine | RemoteEngine:
+) -> Engine:
     """The engine in a process of its own, or in a thread of pytest's. In a thread it shares
     pytest's GIL: at zero latency the two take turns (about 1.6x slower)."""
     if kind == "thread":
-        from pytest_servebench.engine.local import Engine
+        from pytest_servebench.engine.local import ThreadEngine  # the HTTP stack: only here
 
-        return Engine(headers_for)
-    return RemoteEngine(headers_for, logs)
+        return ThreadEngine(headers_for)
+    return ProcessEngine(headers_for, logs)
 
 
 class Run:
