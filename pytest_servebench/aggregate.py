@@ -96,6 +96,8 @@ class TaskResult:
     samples: int
     case_ids: list[str]
     cases: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # More pass@k figures than pass@n, each k <= n (code datasets: HumanEval's 1, 10, 100).
+    pass_ks: tuple[int, ...] = ()
 
     def add(self, case_id: str, verdict: Mapping[str, Any]) -> None:
         """Keep a case's verdict: judge_case's fields of `verdict` (a report's payload also
@@ -134,7 +136,11 @@ class TaskResult:
             return {"accuracy": metrics.accuracy(per_case)}
         samples = [v["correct"] for v in verdicts]
         votes = [v["votes"] for v in verdicts]
-        return metrics.case_metrics(samples, votes, k)
+        figures = metrics.case_metrics(samples, votes, k)
+        for extra in sorted(set(self.pass_ks)):
+            if extra < k:  # per case, the unbiased estimator over that case's n samples
+                figures[f"pass@{extra}"] = 100.0 * metrics.mean_pass_at_k(samples, extra)
+        return figures
 
     def intervals(self) -> dict[str, tuple[float, float]]:
         verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]

@@ -177,6 +177,14 @@ class ServebenchPlugin:
         base: Path,
     ) -> None:
         self.run = Run(options, models, datasets, work, datasets_dir.resolve())
+        self.code_isolation: str | None = None  # how model-written programs run (execution/)
+        if self.run.runs_code:
+            from .execution import pool, report
+
+            pool.configure(
+                allow_unsandboxed=bool(config.getoption("sb_allow_unsandboxed_code")),
+                cache_dir=report.cache_dir(work.root),
+            )
         self.launcher = Launcher(work.root / "logs", echo=self._echo)
         self.launched: dict[str, str] = {}
         self.results: dict[str, TaskResult] = {}
@@ -375,6 +383,21 @@ class ServebenchPlugin:
             if missing:
                 raise pytest.UsageError(dataset.missing_message(missing[0]))
 
+    def _check_code_isolation(self) -> None:
+        """A run that would execute model-written code without a sandbox stops here, before
+        any request, unless the user accepted that risk."""
+        if not self.run.runs_code or self.options.mode == "infer":
+            return
+        from .execution.report import check_isolation
+        from .execution.sandbox import NoSandbox
+
+        try:
+            self.code_isolation = check_isolation(
+                bool(self.config.getoption("sb_allow_unsandboxed_code"))
+            )
+        except NoSandbox as exc:
+            raise pytest.UsageError(str(exc)) from None
+
     def _abort_reason(self) -> str | None:
         """Why the run stopped early. A managed server that died is named as the cause: the
         engine only sees that nothing answers any more."""
@@ -401,6 +424,7 @@ class ServebenchPlugin:
         if is_worker(self.config):
             return
         self._check_data_files()
+        self._check_code_isolation()
         self._start_servers()
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is None:
@@ -623,6 +647,7 @@ class ServebenchPlugin:
                 run_mode=self.options.mode,
                 samples=task.samples,
                 case_ids=[c.id for c in task.cases],
+                pass_ks=tuple(getattr(task.dataset.evaluator, "pass_ks", ())),
             )
         return self.results[key]
 
@@ -689,9 +714,20 @@ class ServebenchPlugin:
                 "interrupted": self.interrupted,
                 "mode": self.options.mode,
                 "aborted": redactor(self._abort_reason() or "") or None,
+                **self._code_execution(),
             },
             self.service,
         )
+
+    def _code_execution(self) -> dict[str, Any]:
+        """The summary file's record of how model-written code ran (none: no entry)."""
+        if not self.run.runs_code or self.options.mode == "infer":
+            return {}
+        from .execution import report
+
+        figures = report.collect(report.cache_dir(self.run.work.root))
+        self.code_line = report.summary_line(figures, self.code_isolation)
+        return {"code_execution": figures or {"describe": self.code_isolation}}
 
     def _fill_from_store(self, task: Any, result: TaskResult) -> None:
         """Cases not run in this session (deselected by --lf or -k) are judged from the saved
@@ -778,6 +814,8 @@ class ServebenchPlugin:
             tr.write_line(f"resume: pytest {' '.join(self._resume_args())}", bold=True)
         if getattr(self, "finish_error", None):
             tr.write_line(f"error: {redactor(self.finish_error)}", red=True)
+        if getattr(self, "code_line", None):
+            tr.write_line(self.code_line)
         tr.write_line(f"work dir: {self.run.work.root}")
         for path in getattr(self, "summary_files", []):
             if path.suffix == ".csv":
