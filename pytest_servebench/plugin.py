@@ -184,6 +184,7 @@ class ServebenchPlugin:
             pool.configure(
                 allow_unsandboxed=bool(config.getoption("sb_allow_unsandboxed_code")),
                 cache_dir=report.cache_dir(work.root),
+                tag=self.stamp,
             )
         self.launcher = Launcher(work.root / "logs", echo=self._echo)
         self.launched: dict[str, str] = {}

@@ -72,6 +72,7 @@ class Stats:
     """What the pool did: for the terminal line and the overlap measurement."""
 
     submitted: int = 0
+    judged: int = 0  # samples whose outcome a judge asked for
     ran: int = 0
     cached: int = 0  # read from the work dir's cache
     shared: int = 0  # the same program already run or running in this process
@@ -112,7 +113,11 @@ class CodeExecutor:
         return future
 
     def run(self, program: str, limits: Limits) -> Outcome:
-        return self.submit(program, limits).result()
+        """The outcome of `program`, waiting for it (a judge's call)."""
+        future = self.submit(program, limits)
+        with self._lock:
+            self.stats.judged += 1
+        return future.result()
 
     def _run(self, key: str, program: str, limits: Limits) -> Outcome:
         start = time.time()
@@ -148,6 +153,7 @@ class Settings:
     allow_unsandboxed: bool = False
     cache_dir: Path | None = None
     workers: int | None = None
+    tag: str = ""  # names this session's figures in the work dir (report.py)
 
 
 _settings = Settings()
@@ -157,7 +163,11 @@ _guard = threading.Lock()
 
 
 def configure(
-    *, allow_unsandboxed: bool, cache_dir: Path | None, workers: int | None = None
+    *,
+    allow_unsandboxed: bool,
+    cache_dir: Path | None,
+    workers: int | None = None,
+    tag: str = "",
 ) -> None:
     """Set how this process runs programs (the plugin calls it in each pytest process)."""
     global _executor, _refused
@@ -166,6 +176,7 @@ def configure(
         _settings.allow_unsandboxed = allow_unsandboxed
         _settings.cache_dir = cache_dir
         _settings.workers = workers
+        _settings.tag = tag
         _refused = None
 
 
@@ -186,6 +197,10 @@ def get_executor() -> CodeExecutor:
         cache = ResultCache(_settings.cache_dir) if _settings.cache_dir is not None else None
         _executor = CodeExecutor(isolation, _settings.workers or default_workers(), cache)
         return _executor
+
+
+def session_tag() -> str:
+    return _settings.tag or "session"
 
 
 def current() -> CodeExecutor | None:

@@ -15,8 +15,6 @@ from typing import Any
 from . import pool
 from .sandbox import choose
 
-STATS_GLOB = "stats-*.json"
-
 
 def cache_dir(work_root: Path) -> Path:
     return work_root / "executions"
@@ -38,6 +36,7 @@ def write_stats(root: Path) -> None:
         "describe": executor.isolation.describe(),
         "workers": executor.workers,
         "submitted": stats.submitted,
+        "judged": stats.judged,
         "ran": stats.ran,
         "cached": stats.cached,
         "shared": stats.shared,
@@ -48,13 +47,14 @@ def write_stats(root: Path) -> None:
     name = os.environ.get("PYTEST_XDIST_WORKER") or f"pid{os.getpid()}"
     with contextlib.suppress(OSError):
         root.mkdir(parents=True, exist_ok=True)
-        (root / f"stats-{name}.json").write_text(json.dumps(data), "utf-8")
+        (root / f"stats-{pool.session_tag()}-{name}.json").write_text(json.dumps(data), "utf-8")
 
 
 def collect(root: Path) -> dict[str, Any] | None:
-    """The figures of every process of this run, added up (None when none ran programs)."""
+    """The figures of every process of this session, added up (None when none ran programs;
+    a resumed work dir also holds the files of earlier sessions)."""
     parts = []
-    for path in sorted(root.glob(STATS_GLOB)) if root.is_dir() else []:
+    for path in sorted(root.glob(f"stats-{pool.session_tag()}-*.json")) if root.is_dir() else []:
         with contextlib.suppress(OSError, ValueError):
             parts.append(json.loads(path.read_text("utf-8")))
     if not parts:
@@ -65,7 +65,7 @@ def collect(root: Path) -> dict[str, Any] | None:
         "processes": len(parts),
         "workers": sum(p["workers"] for p in parts),
     }
-    for key in ("submitted", "ran", "cached", "shared", "run_seconds"):
+    for key in ("submitted", "judged", "ran", "cached", "shared", "run_seconds"):
         total[key] = round(sum(p[key] for p in parts), 3)
     return total
 
@@ -75,7 +75,7 @@ def summary_line(figures: dict[str, Any] | None, described: str | None) -> str |
         return f"code execution: {described}" if described else None
     mean = figures["run_seconds"] / figures["ran"] if figures["ran"] else 0.0
     return (
-        f"code execution: {figures['describe']}; {figures['ran']} programs run "
-        f"(mean {mean:.2f}s, {figures['workers']} at a time), {figures['cached']} from the "
-        f"work dir's cache, {figures['shared']} identical to one already run"
+        f"code execution: {figures['describe']}; {figures['judged']} samples judged, "
+        f"{figures['ran']} programs run (mean {mean:.2f}s, {figures['workers']} at a time), "
+        f"{figures['cached']} outcomes from the work dir's cache"
     )

@@ -42,8 +42,14 @@ EXITED_EARLY = "exited early"
 KILLED = "killed"
 
 HARNESS = r"""
-import sys
-# No imports beyond sys: every millisecond here is paid by each of thousands of programs.
+import resource, sys
+# No other imports: every millisecond here is paid by each of thousands of programs.
+
+# The process count is set here rather than before bwrap: in the sandbox's own user
+# namespace it counts this sandbox's processes only. Set outside, it would also bound the
+# sum over every sandbox of the uid, which the kernel releases a moment late.
+nproc = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 def verdict(status, detail=""):
     try:
@@ -130,7 +136,6 @@ def _limiter(limits: Limits, isolation: Isolation):  # type: ignore[no-untyped-d
     memory = limits.memory_mb * 1024 * 1024
     output = limits.max_output_kb * 1024
     cpu = limits.cpu_seconds
-    nproc = limits.max_processes
 
     def apply() -> None:  # in the child, between fork and exec: system calls only
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -138,7 +143,6 @@ def _limiter(limits: Limits, isolation: Isolation):  # type: ignore[no-untyped-d
         resource.setrlimit(resource.RLIMIT_FSIZE, (output, output))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
     return apply
 
@@ -200,7 +204,7 @@ def run_program(source: str, isolation: Isolation, limits: Limits) -> Outcome:
                 handle.write(text)
         if isolation.run_as is not None:
             os.chown(workdir, isolation.run_as, isolation.run_as)
-        argv = ["-I", "-S", "-B", "harness.py"]
+        argv = ["-I", "-S", "-B", "harness.py", str(limits.max_processes)]
         if isolation.level == "bwrap":
             command = bwrap_command(_bwrap(), isolation.python, workdir, argv)
             env = {"PATH": "/usr/bin:/bin"}
