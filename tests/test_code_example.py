@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import summary_json
+from conftest import completion_requests, summary_json
 from pytest_servebench.execution import sandbox
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
@@ -52,3 +52,27 @@ def test_mbpp_style_records_by_config_only(pytester):
     root = next((pytester.path / "out").iterdir())
     cases = json.loads(next((root / "results").rglob("*.json")).read_text())["cases"]
     assert [c["extracted"] for c in cases][:3] == ["passed"] * 3
+
+
+def test_without_a_sandbox_the_run_stops_before_any_request_unless_allowed(pytester, monkeypatch):
+    shutil.copytree(EXAMPLE, pytester.path / "examples" / "code_dataset")
+    empty = pytester.path / "no-bwrap-here"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # bwrap cannot be found
+    with MockServer(respond) as server:
+        args = [
+            "--sb-models", "vllm_chat", "--sb-set", f"vllm_chat.base_url={server.base_url}",
+            "--sb-suites", "examples/code_dataset/suites", "--sb-datasets", "mbpp_style",
+            "--sb-work-dir", "out",
+        ]  # fmt: skip
+        refused = pytester.runpytest_subprocess(*args)
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        err = refused.stderr.str()
+        assert "refusing to run model-written code without a sandbox" in err
+        assert "--sb-allow-unsandboxed-code" in err
+        assert completion_requests(server) == 0
+        allowed = pytester.runpytest_subprocess(*args, "--sb-allow-unsandboxed-code")
+    allowed.assert_outcomes(passed=3, failed=1)
+    assert "code execution: UNSANDBOXED process" in allowed.stdout.str()
+    summary = summary_json(pytester.path / "out")
+    assert summary["code_execution"]["isolation"] == "process"
