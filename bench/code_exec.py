@@ -40,7 +40,9 @@ def responder(path: Path, distinct: bool):  # type: ignore[no-untyped-def]
     def respond(request):  # type: ignore[no-untyped-def]
         for record in problems:
             if record["prompt"] in request.prompt_text:
-                body = "    pass\n" if request.sample_index % 4 == 3 else record["canonical_solution"]
+                body = (
+                    "    pass\n" if request.sample_index % 4 == 3 else record["canonical_solution"]
+                )
                 tag = f"# sample {request.sample_index}\n" if distinct else ""
                 return f"```python\n{record['prompt']}{body}{tag}```"
         return "?"
