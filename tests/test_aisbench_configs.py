@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO
+
 from pytest_servebench.catalog.config import ModelConfig
 from pytest_servebench.catalog.datasets import Dataset, read_records
 from pytest_servebench.catalog.finder import BUILTIN_SUITES, UNSUPPORTED, SuiteIndex, load_configs
@@ -47,6 +47,7 @@ EVALUATOR_FAMILY = {
     "first_capital_postprocess": "choice",
     "first_option_postprocess": "choice",
     "last_option_postprocess": "choice",
+    "humaneval_postprocess_v2": "code",
 }
 
 
@@ -55,7 +56,7 @@ def supported() -> list[str]:
 
 
 def test_the_list_covers_our_families_and_demo_configs():
-    assert len(AISBENCH) == 33
+    assert len(AISBENCH) == 35
     for name in (
         "demo_gsm8k_gen_4_shot_cot_chat_prompt",
         "gsm8k_gen",
@@ -64,7 +65,10 @@ def test_the_list_covers_our_families_and_demo_configs():
         "math500_gen_0_shot_cot_chat_prompt",
     ):
         assert name in AISBENCH
-    assert not any(e["family"] == "humaneval" for e in AISBENCH.values())
+    assert {n for n, e in AISBENCH.items() if e["family"] == "humaneval"} == {
+        "humaneval_gen_0_shot",
+        "humaneval_gen_0_shot_perf",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(AISBENCH))
@@ -83,6 +87,8 @@ def test_every_aisbench_name_resolves(name):
     assert spec["type"] == EVALUATOR_FAMILY[kind], (name, kind)
     # AISBench's first_capital_postprocess takes the first capital letter of a completion.
     assert bool(spec.get("leading")) == (kind == "first_capital_postprocess"), name
+    # humaneval_postprocess_v2 takes the first fenced block (v3 would take the last).
+    assert (spec.get("block", "first") == "first") or kind != "humaneval_postprocess_v2", name
     test_range = entry["reader"].get("test_range")
     assert config.limit == (int(test_range.strip("[]").split(":")[1]) if test_range else None)
     if len(AISBENCH[name]["abbrs"]) > 1:
@@ -103,6 +109,7 @@ def test_short_names_and_the_aisbench_gen_names_read_the_same_file():
         "aime2025": "aime2025_gen_0_shot_chat_prompt",
         "math500": "math500_gen_0_shot_cot_chat_prompt",
         "ARC_c": "ARC_c_gen_0_shot_chat_prompt",
+        "humaneval": "humaneval_gen_0_shot",
     }
     for short, full in defaults.items():
         assert INDEX.find("dataset", short).path == INDEX.find("dataset", full).path

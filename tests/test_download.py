@@ -346,7 +346,9 @@ def test_mirror_from_env_and_folder(tmp_path, monkeypatch, capsys):
 def test_cli_names_and_list(capsys):
     assert cli(["download", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("gsm8k", "math500", "aime2024", "aime2025", "mmlu", "ceval", "arc_challenge"):
+    for name in (
+        "gsm8k", "math500", "aime2024", "aime2025", "mmlu", "ceval", "arc_challenge", "humaneval",
+    ):  # fmt: skip
         assert name in out
     assert cli(["download", "mmlux"]) == 2
     assert "Did you mean: mmlu" in capsys.readouterr().err
@@ -355,6 +357,7 @@ def test_cli_names_and_list(capsys):
         "aime2025",
     ]
     assert [s.name for s in dl.resolve_names(["all"])] == list(sources.SOURCES)
+    assert [s.name for s in dl.resolve_names(["humaneval_gen_0_shot_perf"])] == ["humaneval"]
     assert cli(["download"]) == 2
 
 
@@ -371,6 +374,7 @@ def test_pinned_sums_cover_every_builtin_source():
         "mmlu": 171,
         "ceval": 104,
         "arc_challenge": 1,
+        "humaneval": 1,
     }
     for source in sources.SOURCES.values():  # canonical sources are pinned to a commit or an oid
         for urls in source.urls.values():

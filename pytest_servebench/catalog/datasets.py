@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -105,7 +106,7 @@ def read_records(
     """Yield (line number, record). Line numbers feed error messages."""
     if fmt == "auto":
         fmt = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(
-            path.suffix.lower(), ""
+            _data_suffix(path), ""
         )
         if not fmt:
             raise ConfigError(
@@ -114,7 +115,7 @@ def read_records(
                 path,
             )
     if fmt == "jsonl":
-        with path.open(encoding="utf-8") as handle:
+        with _open_text(path, "utf-8") as handle:
             for lineno, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -136,7 +137,8 @@ def read_records(
                 yield lineno, record
     elif fmt == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            with _open_text(path, "utf-8") as handle:
+                data = json.loads(handle.read())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -152,7 +154,7 @@ def read_records(
     elif fmt == "csv":
         # Universal newlines, as AISBench reads these files: a line break inside a quoted field
         # ("I. ...\r\nII. ...") reaches the prompt as "\n", not "\r\n".
-        with path.open(encoding="utf-8-sig") as handle:
+        with _open_text(path, "utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = columns
             if header is None:
@@ -178,6 +180,21 @@ def read_records(
             yield i + 1, record
 
 
+def _data_suffix(path: Path) -> str:
+    """The format suffix of a data file; a gzip file (`.jsonl.gz`) has the one before `.gz`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] == [".gz"]:
+        return suffixes[-2] if len(suffixes) > 1 else ""
+    return suffixes[-1] if suffixes else ""
+
+
+def _open_text(path: Path, encoding: str) -> Any:
+    """A text handle on a data file, decompressed on the fly when it ends in `.gz`."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding=encoding)
+    return path.open(encoding=encoding)
+
+
 def _utf8_checked(
     path: Path, fmt: str, columns: list[str] | None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -186,6 +203,8 @@ def _utf8_checked(
         yield from read_records(path, fmt, columns)
     except UnicodeDecodeError as exc:
         data = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
         try:
             data.decode("utf-8-sig")
             at, line = exc.start, None
@@ -507,7 +526,13 @@ class Dataset:
                         f"duplicate case id {case_id!r} (id_field {cfg.id_field!r})", path, lineno
                     )
                 seen.add(case_id)
-                reference = self.evaluator.reference(record[cfg.answer_field])
+                # A code problem's reference is several fields (its tests, entry point...).
+                from_record = getattr(self.evaluator, "record_reference", None)
+                reference = (
+                    from_record(record)
+                    if from_record is not None
+                    else self.evaluator.reference(record[cfg.answer_field])
+                )
                 # A case keeps the fields its prompt uses: a worked solution in the answer
                 # field, or the raw choices, would otherwise stay in memory for every case.
                 used = tuple(record[name] for name in names)

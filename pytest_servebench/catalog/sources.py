@@ -49,6 +49,7 @@ _QWEN = f"{GH}/QwenLM/Qwen2.5-Math/a45202bd16f1ec06f433442dc1152d0074773465"
 _AREAL = f"{GH}/inclusionAI/AReaL/f55fe685c661b0117d888fcae47d6f46e9a85087"
 _LLAMA_FACTORY = f"{GH}/hiyouga/LLaMA-Factory/465ee8119aa489a41bee0b01b3c105a2f3dd137f"
 _FOUNDRY = f"{GH}/mosaicml/llm-foundry/8c8dd48f72168c5d51e2f7b151595892a8fba43d"
+_HUMANEVAL = f"{GH}/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d"
 
 SOURCES: dict[str, Source] = {
     s.name: s
@@ -173,6 +174,21 @@ SOURCES: dict[str, Source] = {
                 "arc_challenge/LICENSE-llm-foundry-Apache-2.0",
             ),
             notice="ARC is CC BY-SA 4.0 (AI2): share derivatives alike.",
+        ),
+        Source(
+            "humaneval",
+            "HumanEval (164 Python problems with unit tests, gzip JSONL)",
+            "MIT",
+            "https://github.com/openai/human-eval/blob/master/LICENSE",
+            "https://github.com/openai/human-eval",
+            ("humaneval/HumanEval.jsonl.gz",),
+            {
+                "humaneval/HumanEval.jsonl.gz": (f"{_HUMANEVAL}/data/HumanEval.jsonl.gz",),
+                "humaneval/LICENSE": (f"{_HUMANEVAL}/LICENSE",),
+            },
+            extras=("humaneval/LICENSE",),
+            notice="The records hold Python tests; scoring runs model code (in a sandbox: see "
+            "docs/code-execution.md).",
         ),
     )
 }

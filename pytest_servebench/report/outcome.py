@@ -37,6 +37,7 @@ class SessionOutcome:
     terminated: bool = False  # the interruption was SIGTERM
     finish_error: str | None = None  # the engine did not stop or the summary is incomplete
     resume_args: tuple[str, ...] = ()  # `pytest ARGS` continues this run
+    code_execution: str | None = None  # code datasets: the isolation used, programs run
 
     @property
     def needs_resume(self) -> bool:

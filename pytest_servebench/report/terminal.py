@@ -145,6 +145,8 @@ def write_session_summary(tr: Any, outcome: SessionOutcome, baseline: Path | Non
         tr.write_line(f"resume: pytest {' '.join(outcome.resume_args)}", bold=True)
     if outcome.finish_error:
         tr.write_line(f"error: {redactor(outcome.finish_error)}", red=True)
+    if outcome.code_execution:
+        tr.write_line(outcome.code_execution)
     tr.write_line(f"work dir: {outcome.work_dir}")
     for path in outcome.files:
         if path.suffix == ".csv":

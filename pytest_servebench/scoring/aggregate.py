@@ -37,6 +37,8 @@ class TaskResult:
     case_ids: list[str]
     cases: dict[str, Verdict] = field(default_factory=dict)
     group: SubsetGroup | None = None  # a subset of a split dataset: its group
+    # More pass@k figures than pass@n, each k <= n (code datasets: HumanEval's 1, 10, 100).
+    pass_ks: tuple[int, ...] = ()
 
     def add(self, case_id: str, verdict: Verdict) -> None:
         self.cases[case_id] = verdict
@@ -72,7 +74,11 @@ class TaskResult:
             return {"accuracy": metrics.accuracy([v.score for v in verdicts])}
         samples = [v.correct for v in verdicts]
         votes = [v.votes for v in verdicts]
-        return metrics.case_metrics(samples, votes, k)
+        figures = metrics.case_metrics(samples, votes, k)
+        for extra in sorted(set(self.pass_ks)):
+            if extra < k:  # per case, the unbiased estimator over that case's n samples
+                figures[f"pass@{extra}"] = 100.0 * metrics.mean_pass_at_k(samples, extra)
+        return figures
 
     def intervals(self) -> dict[str, tuple[float, float]]:
         verdicts = [self.cases[c] for c in self.case_ids if c in self.cases]

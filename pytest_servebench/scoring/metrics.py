@@ -74,6 +74,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / j for j in range(n - c + 1, n + 1))
 
 
+def mean_pass_at_k(samples: Sequence[Sequence[bool]], k: int) -> float:
+    """The mean over cases of pass_at_k(n_i, c_i, k), each case with its own n_i (>= k)."""
+    values = [pass_at_k(len(case), sum(bool(x) for x in case), k) for case in samples]
+    return _mean(values) if values else math.nan
+
+
 def _majority(votes: Sequence[str | None], correct: Sequence[bool]) -> bool:
     """Whether the plurality-voted answer is correct (None votes excluded). A tie between
     different answers has no winner and counts as wrong: sample order is arbitrary under

@@ -86,6 +86,13 @@ def addoption(parser: pytest.Parser) -> None:
         "eval: score saved predictions, send nothing",
     )
     group.addoption(
+        "--sb-allow-unsandboxed-code",
+        action="store_true",
+        default=False,
+        help="run model-written code (HumanEval...) even when no sandbox (bubblewrap) is "
+        "usable: the programs can then reach the network and read your files",
+    )
+    group.addoption(
         "--sb-reuse",
         nargs="?",
         const="latest",

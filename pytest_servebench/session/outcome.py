@@ -42,6 +42,7 @@ def new_result(task: Task, run_mode: str) -> TaskResult:
         samples=task.samples,
         case_ids=[c.id for c in task.cases],
         group=group,
+        pass_ks=tuple(getattr(dataset.evaluator, "pass_ks", ())),
     )
 
 
@@ -117,6 +118,7 @@ def build_outcome(
     interrupted: bool,
     terminated: bool,
     finish_error: str | None,
+    code_execution: str | None = None,
     invocation_dir: Path,
 ) -> SessionOutcome:
     """The session's one outcome. What the draft lacks (a step that failed) is made here
@@ -141,6 +143,7 @@ def build_outcome(
         interrupted=interrupted,
         terminated=terminated,
         finish_error=finish_error,
+        code_execution=code_execution,
         resume_args=tuple(resume_args(options, run, invocation_dir)),
     )
 

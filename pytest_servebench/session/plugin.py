@@ -28,7 +28,7 @@ from pytest_servebench.report.html_report import HtmlReport, register_html
 from pytest_servebench.report.outcome import SessionOutcome
 from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.scoring.verdict import Verdict
-from pytest_servebench.session import checks, signals
+from pytest_servebench.session import checks, code_execution, signals
 from pytest_servebench.session import lean as perf
 from pytest_servebench.session import options as opts
 from pytest_servebench.session import outcome as ending
@@ -103,6 +103,7 @@ class ServebenchPlugin:
             apply_urls(models, config.workerinput.get("sb_launched", {}))  # type: ignore[attr-defined]
         try:
             self.run = Run(options, models, datasets, work, datasets_dir.resolve())
+            code_execution.configure(self.run, config, self.stamp)
             self._start(base)
         except BaseException:
             self.release()
@@ -119,6 +120,8 @@ class ServebenchPlugin:
         self.terminated = False  # by SIGTERM
         self.abort_message: str | None = None  # from this process or a worker's report
         self.finish_error: str | None = None
+        self.code_isolation: str | None = None  # how model-written programs run
+        self.code_line: str | None = None  # the terminal's line about them, at the end
         self.baseline: Path | None = None  # --sb-baseline's summary, compared at the end
         self.html: HtmlReport | None = None
         self.outcome: SessionOutcome = ending.empty_outcome(run, self.options, self.stamp)
@@ -170,6 +173,9 @@ class ServebenchPlugin:
         if is_worker(self.config):
             return
         checks.check_data_files(self.run)
+        self.code_isolation = code_execution.check_isolation(
+            self.run, self.config, self.options.mode
+        )
         # Managed servers start once, in the controller, before xdist starts its workers
         # (its sessionstart is trylast) so they get the URLs.
         if not self.config.option.collectonly and self.options.mode != "eval":
@@ -338,6 +344,10 @@ class ServebenchPlugin:
                     "mode": self.options.mode,
                     "aborted": redactor(reason or "") or None,
                 }
+                code_figures, self.code_line = code_execution.session_figures(
+                    self.run, self.options.mode, self.code_isolation
+                )
+                extra.update(code_figures)
                 ending.write_outcome(draft, self.run, self._results(), self.stamp, extra)
         except ServebenchError as exc:
             self.finish_error = str(exc)
@@ -359,6 +369,7 @@ class ServebenchPlugin:
             interrupted=self.interrupted,
             terminated=self.terminated,
             finish_error=self.finish_error,
+            code_execution=self.code_line,
             invocation_dir=self.config.invocation_params.dir,
         )
         if self.html is not None:

@@ -74,6 +74,7 @@ class TaskState:
         # "reused N saved answers, sending M" of a resumed task, until a report carries it to
         # the controller's terminal (plugin.pytest_runtest_makereport).
         self.resume_note: str | None = None
+        self.follower: Any = None  # code tasks: runs programs as replies arrive (execution/)
 
     @cached_property
     def saved(self) -> dict[tuple[str, int], dict[str, Any]]:
@@ -104,6 +105,7 @@ class TaskState:
         if mode == "eval":
             for case in cases:
                 self.ready[case.id] = self._saved_records(case, None)
+            self._prefetch(cases, None, 0)
             return
         engine = self.run.engine
         to_send: list[str] = []
@@ -132,10 +134,15 @@ class TaskState:
                 jobs = self.jobs_for(by_id[case_id], model_name)
                 return [job for job in jobs if job.first not in kept_jobs.get(case_id, ())]
 
+            path = self.run.work.predictions_file(*self.file_key)
+            offset = path.stat().st_size if path.exists() else 0
+            self._prefetch(cases, path, offset, len(to_send) * self.task.samples)
             # Built as the engine pulls them: one case's prompts at a time, not the task's.
             self.handle = engine.start(
                 self._spec(to_send, each_case(self.task.key, to_send, unsent))
             )
+        if not to_send:
+            self._prefetch(cases, None, 0)
         self.saved.clear()  # what we need was copied out; free the memory
         if resuming:
             k = self.task.samples
@@ -148,6 +155,22 @@ class TaskState:
                 f"{sending} (work dir {self.run.work.root})"
             )
             log.info("resume: %s", self.resume_note)
+
+    def _prefetch(
+        self, cases: list[Case], path: Path | None, offset: int, expected: int = 0
+    ) -> None:
+        """An evaluator that runs programs starts them now for the answers at hand, and as
+        the engine appends the others to `path` (execution/prefetch.py)."""
+        prefetch = getattr(self.task.dataset.evaluator, "prefetch", None)
+        if prefetch is None or self.run.options.mode == "infer":
+            return
+        from pytest_servebench.session.prefetch import PredictionFollower, submit_records
+
+        references = {case.id: case.reference for case in cases}
+        for records in (*self.ready.values(), *self.kept.values()):
+            submit_records(prefetch, references, records)
+        if path is not None and expected:
+            self.follower = PredictionFollower(path, offset, prefetch, references, expected)
 
     def all_saved(self) -> bool:
         """Whether every case of the task has a saved answer to the exact request it would
@@ -322,4 +345,17 @@ class Run:
             return True
 
     def close(self) -> None:
+        for state in self.states.values():
+            if state.follower is not None:
+                state.follower.stop()
         self.engine.close()
+        if self.runs_code:
+            from pytest_servebench.execution import pool, report
+
+            report.write_stats(report.cache_dir(self.work.root))
+            pool.shutdown()
+
+    @property
+    def runs_code(self) -> bool:
+        """Whether a task's evaluator runs model-written programs (execution/)."""
+        return any(hasattr(t.dataset.evaluator, "prefetch") for t in self.tasks)

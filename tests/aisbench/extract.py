@@ -20,7 +20,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("gsm8k", "mmlu", "ceval", "aime2024", "aime2025", "math", "ARC_c", "demo")
+FAMILIES = ("gsm8k", "mmlu", "ceval", "aime2024", "aime2025", "math", "ARC_c", "demo", "humaneval")
 OUT = Path(__file__).with_name("configs.json")
 KEEP = 3
 

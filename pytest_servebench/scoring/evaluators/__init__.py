@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .base import Evaluator, Judgement, strip_reasoning
 from .choice import ChoiceEvaluator, extract_choice
+from .code import CodeEvaluator, extract_code
 from .math_answer import MathEvaluator, extract_math_answer
 from .numeric import GSM8KEvaluator, NumericEvaluator, extract_number
 from .registry import (
@@ -21,6 +22,7 @@ from .text import ExactEvaluator, RegexEvaluator, normalize_text
 
 __all__ = [
     "ChoiceEvaluator",
+    "CodeEvaluator",
     "Evaluator",
     "ExactEvaluator",
     "FunctionEvaluator",
@@ -31,6 +33,7 @@ __all__ = [
     "RegexEvaluator",
     "available_evaluators",
     "extract_choice",
+    "extract_code",
     "extract_math_answer",
     "extract_number",
     "get_evaluator",

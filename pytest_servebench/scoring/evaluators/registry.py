@@ -22,6 +22,7 @@ from typing import Any
 
 from .base import Evaluator, Judgement, as_text, make_identity
 from .choice import ChoiceEvaluator
+from .code import CodeEvaluator
 from .limits import EvaluatorTimeout, call_with_time_limit
 from .math_answer import MathEvaluator
 from .numeric import GSM8KEvaluator, NumericEvaluator
@@ -53,6 +54,7 @@ _REGISTRY: dict[str, EvaluatorFactory] = {
     "exact": ExactEvaluator,
     "regex": RegexEvaluator,
     "math": MathEvaluator,
+    "code": CodeEvaluator,
 }
 
 
