@@ -2,7 +2,7 @@
 
 The engine's CPU time per request is what limits an evaluation against a fast server once
 pytest's side is faster (and, with `--sb-engine thread`, it shares pytest's GIL). Replies are
-GSM8K-like, as in bench/run.py (a short chain of thought and an answer, streamed in
+GSM8K-like, as in bench/throughput.py (a short chain of thought and an answer, streamed in
 8-character pieces).
 
     python bench/client_micro.py [--requests 5000] [--concurrency 256]
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from run import Server  # bench/run.py: the mock server in its own process
+from throughput import Server  # bench/throughput.py: the mock server in its own process
 
 REPO = Path(__file__).resolve().parent.parent
 

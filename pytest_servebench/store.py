@@ -190,11 +190,13 @@ def list_runs(base: Path) -> list[Path]:
 
 class PredictionWriter:
     """Appends one JSON line per finished request, so a crash loses at most the requests in
-    flight. Used from a single thread (the engine's).
+    flight. Used from a single thread (the engine's event loop, in the engine process or in
+    pytest's with --sb-engine thread).
 
     Inside an event loop the lines written in one step of the loop go out in one flush, at the
-    start of its next step: one write call instead of one per request (each write releases the
-    GIL that pytest's thread is waiting for). Outside a loop each line is flushed at once.
+    start of its next step: one write call instead of one per request (with the thread engine,
+    each write released the GIL that pytest's thread was waiting for). Outside a loop each
+    line is flushed at once.
 
     A write that fails (a full disk, a folder gone read-only) is never swallowed: `failed`
     keeps the error, `on_error` hears of it (the engine stops the run), and nothing written

@@ -152,7 +152,8 @@ def headers_of(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]
 # --------------------------------------------------------------------------- the wire
 
 
-def test_request_bytes():
+@pytest.mark.asyncio
+async def test_request_bytes():
     body = {**CHAT, "messages": [{"role": "user", "content": "héllo ✓ \u2028"}], "t": 0.1}
     caller = {"Authorization": "Bearer k", "user-agent": "mine/1", "X-Extra": "1"}
 
@@ -172,11 +173,12 @@ def test_request_bytes():
         assert headers_of(wire.requests[1])[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
         assert wire.connections == 1
 
-    asyncio.run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-def test_replies(stream):
+async def test_replies(stream):
     def responder(r) -> MockReply:
         text = f"answer {r.choice_index} to {r.prompt_text} " * 3
         return MockReply(text, reasoning="thinking " * 4 if "messages" in r.body else None)
@@ -196,7 +198,7 @@ def test_replies(stream):
                     for path in ["/chat/completions" if "messages" in b else "/completions"]
                 ]
 
-        got = asyncio.run(main())
+        got = await main()
     assert [len(r) for r, _, _ in got] == [1, 3, 2]
     first = got[0][0][0]
     assert first.content == "answer 0 to hi " * 3
@@ -206,8 +208,9 @@ def test_replies(stream):
     assert all((ttft is not None) == stream for _, _, ttft in got)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-def test_keep_alive_reuses_one_connection(stream):
+async def test_keep_alive_reuses_one_connection(stream):
     with MockServer(lambda r: "ok", stream_chunk_chars=1) as srv:
 
         async def main() -> None:
@@ -219,11 +222,12 @@ def test_keep_alive_reuses_one_connection(stream):
                     )
                     assert replies[0].content == "ok"
 
-        asyncio.run(main())
+        await main()
     assert srv.stats.connections_opened == 1
 
 
-def test_pool_bounds_connections_and_keeps_them_busy():
+@pytest.mark.asyncio
+async def test_pool_bounds_connections_and_keeps_them_busy():
     with MockServer(lambda r: "ok", latency=0.05) as srv:
 
         async def main() -> None:
@@ -235,14 +239,15 @@ def test_pool_bounds_connections_and_keeps_them_busy():
 
                 await asyncio.gather(*(one(i) for i in range(160)))
 
-        asyncio.run(main())
+        await main()
         stats = srv.stats.snapshot()
     assert stats["max_open_connections"] <= 16
     assert stats["max_in_flight"] == 16
     assert stats["connections_opened"] == 16  # no churn: every connection is reused
 
 
-def test_content_length_and_chunked_replies_on_one_connection():
+@pytest.mark.asyncio
+async def test_content_length_and_chunked_replies_on_one_connection():
     body = message("x" * 300 + "€")
     extension_and_trailer = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
@@ -264,9 +269,10 @@ def test_content_length_and_chunked_replies_on_one_connection():
                 assert got[0].content == "x" * 300 + "€"
         assert wire.connections == 1
 
-    asyncio.run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("reply", "reused"),
     [
@@ -283,7 +289,7 @@ def test_content_length_and_chunked_replies_on_one_connection():
     ids=["until-close", "http10", "http10-keep-alive", "connection-close", "http10-until-close"],
 )
 @pytest.mark.parametrize("stream", [False, True])
-def test_framing_and_keep_alive_rules(reply, reused, stream):
+async def test_framing_and_keep_alive_rules(reply, reused, stream):
     if stream:  # the same framings around an SSE body
         events = sse(event("o"), event("k", "stop"))
         reply = reply.replace(message(), events).replace(
@@ -304,10 +310,11 @@ def test_framing_and_keep_alive_rules(reply, reused, stream):
                 assert replies[0].content == "ok"
         assert wire.connections == (1 if reused else 2)
 
-    asyncio.run(main())
+    await main()
 
 
-def test_connection_the_server_closed_while_idle_is_not_reused():
+@pytest.mark.asyncio
+async def test_connection_the_server_closed_while_idle_is_not_reused():
     async def handler(wire: Wire, reader, writer) -> None:
         await wire.request(reader)
         writer.write(http(message()))  # keep-alive, as far as the client knows
@@ -322,10 +329,11 @@ def test_connection_the_server_closed_while_idle_is_not_reused():
             assert replies[0].content == "ok"
         assert wire.connections == 2
 
-    asyncio.run(main())
+    await main()
 
 
-def test_server_closing_without_a_byte_is_a_free_retry():
+@pytest.mark.asyncio
+async def test_server_closing_without_a_byte_is_a_free_retry():
     async def handler(wire: Wire, reader, writer) -> None:
         while await wire.request(reader) is not None:
             if wire.connections == 1:
@@ -344,10 +352,11 @@ def test_server_closing_without_a_byte_is_a_free_retry():
             replies, _, _ = await send(client, wire.url + "/c", CHAT, True, False, {})
             assert replies[0].content == "ok"
 
-    asyncio.run(main())
+    await main()
 
 
-def test_close_after_stream_costs_no_attempt():
+@pytest.mark.asyncio
+async def test_close_after_stream_costs_no_attempt():
     """llama.cpp closes the connection after a streamed reply: the next request must not fail
     for good (a closed idle connection is not reused, or it is a free retry)."""
     with MockServer(lambda r: "ok", close_after_stream=True) as srv:
@@ -366,10 +375,11 @@ def test_close_after_stream_costs_no_attempt():
                     assert replies[0].content == "ok"
             assert srv.stats.completed == 10
 
-        asyncio.run(main())
+        await main()
 
 
-def test_cookies_a_server_sets_are_sent_back():
+@pytest.mark.asyncio
+async def test_cookies_a_server_sets_are_sent_back():
     first = http(message(), headers=b"Set-Cookie: route=r7; Path=/\r\n")
 
     async def main() -> None:
@@ -380,12 +390,13 @@ def test_cookies_a_server_sets_are_sent_back():
         assert b"cookie: route=r7" not in wire.requests[0].lower()
         assert all(b"cookie: route=r7" in r.lower() for r in wire.requests[1:])
 
-    asyncio.run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_compressed_replies_are_decoded(encoding, stream):
+async def test_compressed_replies_are_decoded(encoding, stream):
     if stream:
         raw = sse(event("", role="assistant"), event("zip"), event("ped", "stop"))
     else:
@@ -402,10 +413,11 @@ def test_compressed_replies_are_decoded(encoding, stream):
                 assert (ttft is not None) == stream
         assert wire.connections == 1
 
-    asyncio.run(main())
+    await main()
 
 
-def test_large_reply_in_many_writes_and_replies_read_at_once_keep_their_bytes():
+@pytest.mark.asyncio
+async def test_large_reply_in_many_writes_and_replies_read_at_once_keep_their_bytes():
     async def handler(wire: Wire, reader, writer) -> None:
         while (request := await wire.request(reader)) is not None:
             tag = json.loads(request.partition(b"\r\n\r\n")[2])["seed"]
@@ -427,7 +439,7 @@ def test_large_reply_in_many_writes_and_replies_read_at_once_keep_their_bytes():
             await asyncio.gather(*(one(i) for i in range(24)))
         assert wire.connections == 8
 
-    asyncio.run(main())
+    await main()
 
 
 # --------------------------------------------------------------------------- errors
@@ -443,10 +455,11 @@ def stalling(first: bytes = b"") -> Handler:
     return handler
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "first", [b"", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:\r\n"]
 )
-def test_read_timeout_frees_the_connection(first):
+async def test_read_timeout_frees_the_connection(first):
     async def main() -> None:
         async with Wire(stalling(first)) as wire, session(1, read=0.2) as client:
             for stream in (False, True):
@@ -454,10 +467,11 @@ def test_read_timeout_frees_the_connection(first):
                     await send(client, wire.url + "/c", CHAT, True, stream, {})
         assert wire.connections == 2  # the pool of one was free again for the second
 
-    asyncio.run(main())
+    await main()
 
 
-def test_connect_errors_and_a_cancelled_stream_frees_its_connection():
+@pytest.mark.asyncio
+async def test_connect_errors_and_a_cancelled_stream_frees_its_connection():
     async def main() -> None:
         head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         async with Wire(stalling(head + b"9\r\ndata: {}\n\r\n")) as wire, session(1) as client:
@@ -471,9 +485,10 @@ def test_connect_errors_and_a_cancelled_stream_frees_its_connection():
                 info.value.unreachable or ""
             )
 
-    asyncio.run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("reply", "error", "text"),
     [
@@ -487,7 +502,7 @@ def test_connect_errors_and_a_cancelled_stream_frees_its_connection():
     ],
     ids=["401", "403", "400", "429", "503-latin-1", "500-gzip", "502-chunked"],
 )  # fmt: skip
-def test_status_classification(reply, error, text):
+async def test_status_classification(reply, error, text):
     async def main() -> list[BaseException]:
         seen = []
         async with Wire(answering(reply)) as wire, session() as client:
@@ -499,13 +514,14 @@ def test_status_classification(reply, error, text):
         assert wire.connections == 1
         return seen
 
-    seen = asyncio.run(main())
+    seen = await main()
     assert text in str(seen[0])
     assert str(seen[0]) == str(seen[1])
     if isinstance(seen[0], RetryableError):
         assert {e.retry_after for e in seen} == {2.0 if "429" in text else None}
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "reply",
     [
@@ -521,7 +537,7 @@ def test_status_classification(reply, error, text):
     ],
     ids=["cut-head", "not-http", "bad-status", "bad-length", "cut-body", "cut-chunks", "bad-chunk-size", "bad-chunk-end", "bad-gzip"],
 )  # fmt: skip
-def test_broken_replies_cost_an_attempt(reply):
+async def test_broken_replies_cost_an_attempt(reply):
     async def handler(wire: Wire, reader, writer) -> None:
         await wire.request(reader)
         writer.write(reply)
@@ -535,10 +551,11 @@ def test_broken_replies_cost_an_attempt(reply):
                 assert not info.value.free, info.value
                 assert not info.value.unreachable
 
-    asyncio.run(main())
+    await main()
 
 
-def test_non_json_body_is_retryable_and_keeps_the_connection():
+@pytest.mark.asyncio
+async def test_non_json_body_is_retryable_and_keeps_the_connection():
     async def main() -> None:
         async with (
             Wire(answering(http(b"<html>502</html>"), http(message()))) as wire,
@@ -550,15 +567,16 @@ def test_non_json_body_is_retryable_and_keeps_the_connection():
             assert replies[0].content == "ok"
         assert wire.connections == 1
 
-    asyncio.run(main())
+    await main()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [("reset", "transport error|connection dropped"), ("cut", "connection dropped"), ("garbage", "malformed")],
 )  # fmt: skip
 @pytest.mark.parametrize("stream", [False, True])
-def test_mock_server_faults_cost_an_attempt_then_succeed(fault, expected, stream):
+async def test_mock_server_faults_cost_an_attempt_then_succeed(fault, expected, stream):
     with MockServer(lambda r: "a long enough answer " * 20, faults=force(fault)) as srv:
 
         async def main() -> None:
@@ -571,10 +589,11 @@ def test_mock_server_faults_cost_an_attempt_then_succeed(fault, expected, stream
                 replies, _, _ = await send(client, url, body, True, stream, {})
                 assert replies[0].content.startswith("a long enough answer")
 
-        asyncio.run(main())
+        await main()
 
 
-def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
+@pytest.mark.asyncio
+async def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
     with MockServer(lambda r: "ok", faults=force("stall", stall_seconds=5)) as srv:
 
         async def stall() -> None:
@@ -585,7 +604,7 @@ def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
                 replies, _, _ = await send(client, url, CHAT, True, False, {})
                 assert replies[0].content == "ok"
 
-        asyncio.run(stall())
+        await stall()
     with MockServer(lambda r: "ok", faults=force("429", retry_after=0.6)) as srv:
 
         async def too_many() -> None:
@@ -600,10 +619,11 @@ def test_mock_server_stall_is_a_read_timeout_and_429_retry_after_is_read():
                     replies, _, _ = await send(client, url, body, True, stream, {})
                     assert replies[0].content == "ok"
 
-        asyncio.run(too_many())
+        await too_many()
 
 
-def test_engine_endpoint_sizes_its_pool_to_max_concurrency():
+@pytest.mark.asyncio
+async def test_engine_endpoint_sizes_its_pool_to_max_concurrency():
     from pytest_servebench.catalog.config import ModelConfig
     from pytest_servebench.engine.local import Endpoint
 
@@ -616,14 +636,15 @@ def test_engine_endpoint_sizes_its_pool_to_max_concurrency():
         assert endpoint.client.session.connector.limit == 7
         await endpoint.client.aclose()
 
-    asyncio.run(main())
+    await main()
 
 
 # --------------------------------------------------------------------------- streams
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("chunk_chars", [1, 2, 8, 1000])
-def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
+async def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
     def responder(r) -> MockReply:
         return MockReply(f"choice {r.choice_index}: the answer is 42", reasoning="because")
 
@@ -646,7 +667,7 @@ def test_streamed_replies_at_several_chunk_sizes(chunk_chars):
                     assert sum(r.completion_tokens for r in replies) == 14
                     assert 0 < ttft <= latency
 
-        asyncio.run(main())
+        await main()
         assert srv.stats.connections_opened == 1
 
 
@@ -744,7 +765,8 @@ def test_completions_stream_reads_text():
     assert parse(data, chat=False) == [Reply("ab", None, "stop", None, None)]
 
 
-def test_error_event_ends_the_stream_at_once():
+@pytest.mark.asyncio
+async def test_error_event_ends_the_stream_at_once():
     """The server sends an error event and then nothing more: no waiting for the timeout."""
     body = sse(event("a"), event("b"), {"error": {"message": "boom"}}, done=False)
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -757,10 +779,11 @@ def test_error_event_ends_the_stream_at_once():
             with pytest.raises(RetryableError, match=r"error inside stream: .*boom"):
                 await asyncio.wait_for(send(client, wire.url + "/c", CHAT, True, True, {}), 5)
 
-    asyncio.run(main())
+    await main()
 
 
-def test_ttft_is_taken_at_the_first_token():
+@pytest.mark.asyncio
+async def test_ttft_is_taken_at_the_first_token():
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
     def chunk(data: bytes) -> bytes:
@@ -786,4 +809,4 @@ def test_ttft_is_taken_at_the_first_token():
             _, latency, ttft = await send(client, wire.url + "/c", CHAT, True, True, {})
             assert ttft < 0.3 <= latency
 
-    asyncio.run(main())
+    await main()

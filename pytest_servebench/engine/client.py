@@ -69,10 +69,6 @@ class Reply:
     completion_tokens: int | None
 
 
-def endpoint_path(model_type: str) -> str:
-    return "/chat/completions" if model_type == "openai-chat" else "/completions"
-
-
 def _retry_after(headers: Any) -> float | None:
     value = headers.get("retry-after")
     if not value:

@@ -1,8 +1,8 @@
 """End-to-end performance benchmark of pytest-servebench against the mock server.
 
-    python bench/run.py            # every scenario, 3 repeats, medians
-    python bench/run.py --quick    # the main scenarios once, smaller sizes skipped
-    python bench/run.py --only c256_10k c256_10k_stream --repeat 5
+    python bench/throughput.py            # every scenario, 3 repeats, medians
+    python bench/throughput.py --quick    # the main scenarios once, smaller sizes skipped
+    python bench/throughput.py --only c256_10k c256_10k_stream --repeat 5
 
 Each run starts a fresh mock OpenAI server (its own process, loopback, fixed latency) and a
 whole `pytest` process (start-up included) in a fresh temp folder, on a synthetic GSM8K-like
