@@ -15,7 +15,7 @@ from conftest import completion_requests
 from pytest_servebench.report.summary import build_rows
 from pytest_servebench.scoring.aggregate import SubsetGroup, TaskResult
 from pytest_servebench.scoring.verdict import Verdict
-from pytest_servebench.session.tasks import Options
+from pytest_servebench.session.options import Options
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from pytest_servebench.errors import ServebenchError
 
-if TYPE_CHECKING:  # run.py loads the engine, datasets and numpy: only when evaluating
-    from pytest_servebench.session.tasks import Options
+
+@dataclass
+class Options:
+    """What servebench was asked to do in this session (command line, ini, or the last run)."""
+
+    models: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    suites: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    work_dir: str = "outputs/default"
+    datasets_dir: str = "datasets"
+    limit: int | None = None
+    mode: str = "all"
+    reuse: str | None = None
+    resend: bool = False
+    merge_subsets: bool = False
+    engine: str = "process"  # or "thread": see make_engine
+    from_ini: bool = False  # models and datasets set in the ini file, not on the command line
+
 
 MODES = ("all", "infer", "eval")
 CACHE_KEY = "servebench/last_run"
@@ -222,8 +240,6 @@ def wanted(config: pytest.Config) -> bool:
 def resolve(config: pytest.Config) -> Options | None:
     """Options from the command line, else the ini file, else the last run (for --lf/--ff).
     None when servebench has nothing to do in this session."""
-    from pytest_servebench.session.tasks import Options
-
     get = config.getoption
     requested = _requested(config)
     if requested is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,26 +18,10 @@ from pytest_servebench.engine.protocol import Engine, TaskHandle, TaskSpec
 from pytest_servebench.engine.request_body import build_body, generation_kwargs, request_hash
 from pytest_servebench.redaction import is_secret_header, redactor
 from pytest_servebench.scoring.verdict import Verdict, judge_case
+from pytest_servebench.session.options import Options
 from pytest_servebench.store import WorkDir, load_predictions
 
 log = logging.getLogger("servebench")
-
-
-@dataclass
-class Options:
-    models: list[str] = field(default_factory=list)
-    datasets: list[str] = field(default_factory=list)
-    suites: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    work_dir: str = "outputs/default"
-    datasets_dir: str = "datasets"
-    limit: int | None = None
-    mode: str = "all"
-    reuse: str | None = None
-    resend: bool = False
-    merge_subsets: bool = False
-    engine: str = "process"  # or "thread": see make_engine
-    from_ini: bool = False  # models and datasets set in the ini file, not on the command line
 
 
 @dataclass
