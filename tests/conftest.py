@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,19 @@ def stable(responder):
     import dataclasses
 
     return lambda request: responder(dataclasses.replace(request, sample_index=0))
+
+
+def needs_sandbox() -> pytest.MarkDecorator:
+    """Skip where no usable bubblewrap is found; in CI (SERVEBENCH_REQUIRE_SANDBOX=1, set by
+    .ci/run, which installs bubblewrap) that is a failure, never a silent skip."""
+    from pytest_servebench.execution import sandbox
+
+    found, notes = sandbox.detect()
+    if found is None and os.environ.get("SERVEBENCH_REQUIRE_SANDBOX"):
+        pytest.fail(
+            f"SERVEBENCH_REQUIRE_SANDBOX is set but no usable bubblewrap: {'; '.join(notes)}",
+            pytrace=False,
+        )
+    return pytest.mark.skipif(
+        found is None, reason=f"no usable bubblewrap here: {'; '.join(notes)}"
+    )

@@ -8,15 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import completion_requests, summary_json
+from conftest import completion_requests, needs_sandbox, summary_json
 
-from pytest_servebench.execution import sandbox
 from pytest_servebench.testing.mockserver import MockServer, Reply
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "code_dataset"
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.skipif(sandbox.detect()[0] is None, reason="no usable bubblewrap here"),
+    needs_sandbox(),
 ]
 
 
