@@ -75,3 +75,21 @@ def test_without_a_sandbox_the_run_stops_before_any_request_unless_allowed(pytes
     assert "code execution: UNSANDBOXED process" in allowed.stdout.str()
     summary = summary_json(pytester.path / "out")
     assert summary["code_execution"]["isolation"] == "process"
+
+
+def test_code_workers_sets_the_pool_size_and_refuses_nonsense(pytester):
+    shutil.copytree(EXAMPLE, pytester.path / "examples" / "code_dataset")
+    args = [
+        "--sb-models", "vllm_chat", "--sb-suites", "examples/code_dataset/suites",
+        "--sb-datasets", "mbpp_style", "--sb-work-dir", "out",
+    ]  # fmt: skip
+    with MockServer(respond) as server:
+        args += ["--sb-set", f"vllm_chat.base_url={server.base_url}"]
+        bad = pytester.runpytest_subprocess(*args, "--sb-code-workers=0")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        bad.stderr.fnmatch_lines(["*--sb-code-workers must be at least 1, got 0*"])
+        assert server.stats.total_requests == 0
+        result = pytester.runpytest_subprocess(*args, "--sb-code-workers=3")
+    result.assert_outcomes(passed=3, failed=1)
+    assert summary_json(pytester.path / "out")["code_execution"]["workers"] == 3
+    result.stdout.fnmatch_lines(["code execution: *3 at a time*"])

@@ -21,12 +21,17 @@ def allowed_unsandboxed(config: pytest.Config) -> bool:
 
 def configure(run: Run, config: pytest.Config, tag: str) -> None:
     """Every pytest process that may judge code gets its pool settings (xdist workers too)."""
-    if run.runs_code:
-        pool.configure(
-            allow_unsandboxed=allowed_unsandboxed(config),
-            cache_dir=report.cache_dir(run.work.root),
-            tag=tag,
-        )
+    if not run.runs_code:
+        return
+    workers = config.getoption("sb_code_workers", None)
+    if workers is not None and workers < 1:
+        raise pytest.UsageError(f"--sb-code-workers must be at least 1, got {workers}")
+    pool.configure(
+        allow_unsandboxed=allowed_unsandboxed(config),
+        cache_dir=report.cache_dir(run.work.root),
+        workers=workers,
+        tag=tag,
+    )
 
 
 def check_isolation(run: Run, config: pytest.Config, mode: str) -> str | None:

@@ -111,6 +111,15 @@ def addoption(parser: pytest.Parser) -> None:
         "usable: the programs can then reach the network and read your files",
     )
     group.addoption(
+        "--sb-code-workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="programs of code datasets run at once in each pytest process (default: the "
+        "CPUs, divided between xdist workers); sandbox start-up waits on the kernel, so up to "
+        "twice the CPUs can be faster",
+    )
+    group.addoption(
         "--sb-reuse",
         nargs="?",
         const="latest",
