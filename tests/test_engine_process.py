@@ -229,7 +229,7 @@ def test_an_unreachable_server_stops_the_run_once(tmp_path):
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 def test_both_engines_give_the_same_verdicts(pytester, engine):
-    from test_perf import _eval_args, _tiny_eval
+    from test_lean import _eval_args, _tiny_eval
 
     _tiny_eval(pytester)
     with MockServer(lambda r: "answer: 3") as srv:

@@ -66,7 +66,7 @@ class TaskCollector(pytest.Collector):
         self.task = task
         self.state = state
         # On the task, not on each case: `-m servebench` and `-k servebench` see the marks of
-        # parents, and a case without marks of its own can take the lean run protocol (perf.py).
+        # parents, and a case without marks of its own can take the lean run protocol (lean.py).
         self.add_marker(_SERVEBENCH_MARK)
 
     def collect(self) -> list[CaseItem]:
@@ -151,7 +151,7 @@ class CaseItem(pytest.Item):
         assert verdict is not None
         from pytest_servebench.report.terminal import compact, wrong_answer_line
 
-        if compact(self.config):  # one line; -v or --tb give the full section (output.py)
+        if compact(self.config):  # one line; -v or --tb give the full section (report/terminal.py)
             return wrong_answer_line(verdict)
         task = self.collector.task
         question = " ".join(task.dataset.question_text(self.case).split())
