@@ -116,6 +116,16 @@ def each_case(
             yield CaseJobs(case_id, jobs)
 
 
+def pull_case(cases: Iterator[CaseJobs], key: str) -> CaseJobs | None:
+    """The next case of the caller's iterator; None when it is done, or broke (logged): the
+    cases it did not give then fail when the task settles."""
+    try:
+        return next(cases, None)
+    except Exception:
+        log.exception("%s: cannot build the requests", key)
+        return None
+
+
 def prepare_folder(path: Path) -> str | None:
     """Create the folder of a predictions file; the run's abort message if it cannot be."""
     try:

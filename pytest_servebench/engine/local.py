@@ -37,6 +37,7 @@ from pytest_servebench.engine.jobs import (
     Progress,
     RunAborted,
     prepare_folder,
+    pull_case,
 )
 from pytest_servebench.engine.protocol import TaskSpec
 from pytest_servebench.redaction import is_secret_header, redactor
@@ -218,11 +219,7 @@ class ThreadTask:
         Pulled one case at a time, so that a 50,000-case task never holds every prompt."""
         if self._cases is None:
             return None
-        try:
-            case = next(self._cases, None)
-        except Exception:  # the caller's iterator broke: what it did not give fails (settle)
-            log.exception("%s: cannot build the requests", self.key)
-            case = None
+        case = pull_case(self._cases, self.key)
         if case is None:
             self._cases = None
         return case

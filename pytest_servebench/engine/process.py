@@ -33,6 +33,7 @@ from pytest_servebench.engine.jobs import (
     Progress,
     RunAborted,
     prepare_folder,
+    pull_case,
 )
 from pytest_servebench.engine.protocol import TaskSpec
 from pytest_servebench.engine.wire import (
@@ -134,11 +135,7 @@ class ProcessTask:
         return Feed(self.task_id, cases, self.exhausted)
 
     def _pull(self) -> CaseJobs | None:
-        try:
-            case = next(self._cases, None)
-        except Exception:  # the caller's iterator broke: what it did not give fails (settle)
-            log.exception("%s: cannot build the requests", self.key)
-            case = None
+        case = pull_case(self._cases, self.key)
         if case is None:
             self.exhausted = True
             return None
