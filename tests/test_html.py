@@ -4,8 +4,10 @@ and a check in headless Chromium that model output cannot run script in the repo
 from __future__ import annotations
 
 import html as htmllib
+import itertools
 import json
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -208,6 +210,74 @@ def test_row_hook_escapes_test_id_and_inserts_columns():
     assert header[2:-2] == list(HEADER_CELLS)
 
 
+def _case_reports(nodeid: str) -> list[pytest.TestReport]:
+    """A passed case's setup, call and teardown reports, as a worker serializes them."""
+    verdict = {"servebench": payload(status="passed", scores=[1.0], correct=[True])}
+    return [
+        pytest.TestReport(
+            nodeid=nodeid,
+            location=("m/d", None, nodeid),
+            keywords={nodeid.rpartition("::")[2]: 1, "d": 1},
+            outcome="passed",
+            longrepr=None,
+            when=when,
+            user_properties=[("score", "1.0")],
+            **(verdict if when == "call" else {}),
+        )
+        for when in ("setup", "call", "teardown")
+    ]
+
+
+def test_lean_trim_waits_for_each_case_of_interleaved_workers():
+    """The controller of `-n 2` logs the reports of two workers' cases in any interleaving.
+    pytest-html builds a case's rows, from all its reports, when its teardown is logged; the
+    lean path drops the payload once the case is finished (logfinish). In every interleaving
+    each row gets its cells and each report its JUnit properties, and every payload is gone
+    once its case finished. (The lean path once dropped the payloads of every case logged so
+    far at any case's finish: B's row came out empty whenever A finished between B's call and
+    B's teardown.)"""
+    from pytest_servebench.session.lean import PerfPlugin
+
+    html_report = HtmlReport(
+        None,  # type: ignore[arg-type]
+        SessionOutcome(Path("/w"), "s", "all", ("m",), ("d",)),
+        "servebench",
+    )
+    cases = ("servebench/m/d::q1_a", "servebench/m/d::q2_b")
+    steps = ("setup", "call", "teardown", "finish")
+    interleavings = [  # which case takes each of the 8 steps, each case's steps in order
+        order
+        for order in itertools.product((0, 1), repeat=2 * len(steps))
+        if order.count(0) == len(steps)
+    ]
+    assert len(interleavings) == 70
+    for order in interleavings:
+        lean = PerfPlugin(lambda item: True, "servebench/")
+        reports = [_case_reports(nodeid) for nodeid in cases]
+        taken = [0, 0]  # steps each case has taken
+        rows: dict[str, str] = {}
+        properties: dict[str, list[tuple[str, str]]] = {}
+        for case in order:
+            step, taken[case] = taken[case], taken[case] + 1
+            if steps[step] == "finish":
+                lean.pytest_runtest_logfinish(cases[case])
+                continue
+            lean.pytest_runtest_logreport(reports[case][step])
+            if steps[step] == "teardown":  # what pytest-html does then, for each report
+                for each in reports[case]:
+                    cells = ['<td class="col-result">Passed</td>', "<td>id</td>"]
+                    html_report.pytest_html_results_table_row(each, cells)
+                    rows[f"{each.nodeid}::{each.when}"] = "".join(cells)
+                    # junitxml reads the teardown's (and a failed call's) properties then
+                    properties[f"{each.nodeid}::{each.when}"] = list(each.user_properties)
+        for nodeid in cases:
+            assert '<td class="col-sbscore">1.00</td>' in rows[f"{nodeid}::call"], order
+            for when in ("setup", "call", "teardown"):
+                assert properties[f"{nodeid}::{when}"] == [("score", "1.0")], (order, when)
+        assert not any(hasattr(r, "servebench") for case in reports for r in case), order
+        assert all(r.user_properties == () for case in reports for r in case), order
+
+
 def test_write_self_contained_inlines_css(tmp_path):
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "style.css").write_text("body { color: red; }")
@@ -354,6 +424,55 @@ def test_html_report_with_xdist(pytester, evil_server):
     assert '<table class="sb-table" id="sb-comparisons">' in page
     copy = next((pytester.path / "out").glob("*/summary/report_*.html"))
     assert copy.read_bytes() == (pytester.path / "report.html").read_bytes()
+
+
+def _case_rows(report: Path) -> dict[str, dict[str, str]]:
+    """The servebench cells of every case's row (its call, or its setup when that concluded)."""
+    rows: dict[str, dict[str, str]] = {}
+    for test_rows in report_data(report)["tests"].values():
+        for row in test_rows:
+            test_id = re.search(r'col-testId">([^<]*)<', "".join(row["resultsTableRow"])).group(1)
+            if not test_id.endswith("::teardown"):
+                rows.setdefault(test_id.removesuffix("::setup"), {}).update(
+                    {k: v for k, v in _cell_texts(row).items() if v}
+                )
+    return rows
+
+
+def test_html_rows_with_xdist_are_all_filled_as_without_the_lean_path(pytester, gsm8k_server):
+    """Under -n 2 the controller gets the reports of two workers' cases interleaved; every case
+    row still shows the cells of its results, and every JUnit testcase its properties, as with
+    servebench's lean path switched off (which once trimmed the reports of one worker's case when the other's finished, leaving
+    ~5% of the rows empty, different ones each run)."""
+    models = ("vllm_chat", "vllm_stream_chat", "vllm_completions")
+    for lean in (True, False):
+        args = ["-n", "2", "-p", "no:benchmark", "-p", "no:cacheprovider"]
+        args += ["--junitxml", "junit.xml", *([] if lean else ["-p", "no:servebench-perf"])]
+        run_html(pytester, gsm8k_server.base_url, *args, models=models)
+        rows = _case_rows(pytester.path / "report.html")
+        junit = {
+            f"{case.get('classname').replace('.', '/')}::{case.get('name')}": {
+                p.get("name"): p.get("value") for p in case.findall("properties/property")
+            }
+            for case in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
+        }
+        assert len(rows) == 50 * len(models)
+        empty = sorted(case for case, cells in rows.items() if "sbscore" not in cells)
+        assert not empty, f"{len(empty)} rows without servebench cells (lean={lean}): {empty[:5]}"
+        for results in (pytester.path / "out").glob("*/results/*/*.json"):
+            task = f"servebench/{results.parent.name}/{results.stem}"
+            for case in json.loads(results.read_text())["cases"]:
+                cells = rows.pop(f"{task}::{case['case']}")
+                props = junit.pop(f"{task}::{case['case']}")
+                assert props["score"] == str(float(case["scores"][0]))
+                assert props["extracted"] == str(case["extracted"])
+                assert props["reference"] == case["reference"]
+                assert cells.get("sbextracted", "") == str(case["extracted"] or "")
+                assert cells["sbreference"] == str(case["reference"])
+                assert cells["sbtokens"] == f"{case['prompt_tokens']} / {case['completion_tokens']}"
+                assert float(cells["sbscore"]) == sum(case["scores"]) / len(case["scores"])
+        assert not rows and not junit  # every row and testcase was a case of the results
+        shutil.rmtree(pytester.path / "out")
 
 
 def test_without_pytest_html(pytester, gsm8k_server):

@@ -368,7 +368,11 @@ class PerfPlugin:
         self.session: pytest.Session | None = None
         self._gc_threshold: tuple[int, ...] | None = None  # Python's, while raised
         self._keywords: dict[str, dict[str, int]] = {}  # task node id -> shared report keywords
-        self._logged: list[pytest.TestReport] = []  # reports of the case being run
+        # Reports logged per case until it finishes. Under xdist the controller logs the
+        # reports of every worker's cases interleaved (A setup, B setup, A call, A teardown,
+        # A finish, B call, ...): one case's finish must not trim the reports of another case
+        # whose row pytest-html has yet to build.
+        self._logged: dict[str, list[pytest.TestReport]] = {}
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -412,8 +416,9 @@ class PerfPlugin:
             self._gc_threshold = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.nodeid.startswith(self.prefix):
-            self._logged.append(report)
+        nodeid = str(report.nodeid)
+        if nodeid.startswith(self.prefix):
+            self._logged.setdefault(nodeid, []).append(report)
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
@@ -427,8 +432,9 @@ class PerfPlugin:
         is only ever counted in the uncounted "" category (and searched for teardown sections
         it does not have): it is not kept. The JUnit properties of a case, copied into each of
         its reports, go too. Nothing changes before the case is finished, so a plugin sees the
-        same reports at every phase as with pytest's own protocol."""
-        logged, self._logged = self._logged, []
+        same reports at every phase as with pytest's own protocol (only this case's reports:
+        under xdist another worker's case may be half-logged)."""
+        logged = self._logged.pop(str(nodeid), ())
         tr = self.reporter
         kept = tr.stats.get("") if tr is not None else None
         for report in logged:
