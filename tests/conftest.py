@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Iterator
@@ -16,10 +17,23 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_DATA = REPO / "pytest_servebench" / "data" / "gsm8k_demo" / "test.jsonl"
 
 
+# Loaded before any in-process run: pytester drops the modules a run imported when it ends,
+# but a package keeps its submodule attributes, so a second run could mix the first run's
+# engine/process.py (and its wire classes) with a fresh wire module: pickle then refuses.
+IN_PROCESS_MODULES = (
+    "pytest_servebench.session.plugin",
+    "pytest_servebench.engine.process",
+    "pytest_servebench.engine.child",
+    "pytest_servebench.engine.wire",
+)
+
+
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """pytest-randomly (in the test extra, for tests/test_plugins.py) would shuffle the cases
     of the runs the tests make; the tests that want it remove PYTEST_ADDOPTS."""
+    for name in IN_PROCESS_MODULES:
+        importlib.import_module(name)
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
     return pytester
 
