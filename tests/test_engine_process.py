@@ -293,3 +293,27 @@ def test_both_engines_offer_every_member_of_the_protocol_with_its_signature(tmp_
                     assert list(got.parameters) == list(inspect.signature(wanted).parameters)
     for engine in engines:
         engine.close()
+
+
+def test_an_engine_that_cannot_start_a_task_gives_one_clear_error_per_case(pytester):
+    # An internal error of ours (here planted in ProcessEngine.start) is not the server's
+    # fault: every case of the task says what happened once, no KeyError chain per case.
+    from test_lean import _eval_args, _tiny_eval
+
+    _tiny_eval(pytester)
+    pytester.makeconftest(
+        "from pytest_servebench.engine.process import ProcessEngine\n"
+        "def broken(self, spec):\n"
+        "    raise RuntimeError('planted start failure')\n"
+        "ProcessEngine.start = broken\n"
+    )
+    with MockServer(lambda r: "answer: 3") as srv:
+        result = pytester.runpytest_subprocess(*_eval_args(srv.base_url))
+        assert srv.stats.total_requests == 0
+    result.assert_outcomes(errors=6)
+    out = result.stdout.str()
+    assert out.count(
+        "internal error: the engine could not start task vllm_chat/tiny: "
+        "RuntimeError: planted start failure"
+    ) >= 6
+    assert "KeyError" not in out and "Traceback" not in out

@@ -10,6 +10,7 @@ import pytest
 from pytest_servebench.catalog.datasets import Case
 from pytest_servebench.engine.jobs import RunAborted
 from pytest_servebench.scoring.verdict import Verdict
+from pytest_servebench.session.tasks import TaskStartError
 
 if TYPE_CHECKING:
     from pytest_servebench.session.tasks import Task, TaskState
@@ -140,6 +141,8 @@ class CaseItem(pytest.Item):
         # could not be served gets one line, not an engine traceback.
         if isinstance(excinfo.value, RequestError):
             return _error_text(excinfo.value)
+        if isinstance(excinfo.value, TaskStartError):
+            return str(excinfo.value)
         if isinstance(excinfo.value, RunAborted):
             # The reason is printed once, in the servebench summary ("aborted: ..."); pytest
             # repeats an item's text in its short summary (in full on CI).

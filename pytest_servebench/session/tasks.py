@@ -24,6 +24,11 @@ from pytest_servebench.store import WorkDir, load_predictions
 log = logging.getLogger("servebench")
 
 
+class TaskStartError(Exception):
+    """The engine could not start a task (an internal error): each of its cases is an error
+    that says so once, without an engine traceback per case."""
+
+
 @dataclass
 class Task:
     model: ModelConfig
@@ -59,6 +64,7 @@ class TaskState:
         # the controller's terminal (plugin.pytest_runtest_makereport).
         self.resume_note: str | None = None
         self.follower: Any = None  # code tasks: runs programs as replies arrive (execution/)
+        self.start_error: str | None = None  # the engine could not start this task
 
     @cached_property
     def saved(self) -> dict[tuple[str, int], dict[str, Any]]:
@@ -122,9 +128,18 @@ class TaskState:
             offset = path.stat().st_size if path.exists() else 0
             self._prefetch(cases, path, offset, len(to_send) * self.task.samples)
             # Built as the engine pulls them: one case's prompts at a time, not the task's.
-            self.handle = engine.start(
-                self._spec(to_send, each_case(self.task.key, to_send, unsent))
-            )
+            try:
+                self.handle = engine.start(
+                    self._spec(to_send, each_case(self.task.key, to_send, unsent))
+                )
+            except RunAborted:
+                raise
+            except Exception as exc:  # our bug, not the server's: one clear error per case
+                log.exception("%s: the engine could not start the task", self.task.key)
+                self.start_error = (
+                    f"internal error: the engine could not start task {self.task.key}: "
+                    f"{type(exc).__name__}: {exc} (traceback in the run's log file)"
+                )
         if not to_send:
             self._prefetch(cases, None, 0)
         self.saved.clear()  # what we need was copied out; free the memory
@@ -199,6 +214,8 @@ class TaskState:
     def records_for(self, case: Case) -> list[dict[str, Any]]:
         if not self.started:
             self.start(self.selected)
+        if self.start_error is not None:
+            raise TaskStartError(self.start_error)
         again = self.taken.get(case.id)
         if again is not None and all(r.get("ok") for r in again):
             return again  # run again (pytest-rerunfailures): the served answer stands
