@@ -38,6 +38,22 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     return pytester
 
 
+def eval_args(url: str, dataset: str = "demo_gsm8k", *extra: str, model: str | None = None):
+    """The arguments of an evaluation of `dataset` by vllm_chat at `url` into ./out; `model`
+    sets the model name the requests carry (part of each request's hash)."""
+    named = [f"--sb-set=vllm_chat.model={model}"] if model else []
+    return [
+        "--sb-models",
+        "vllm_chat",
+        "--sb-datasets",
+        dataset,
+        f"--sb-set=vllm_chat.base_url={url}",
+        *named,
+        "--sb-work-dir=out",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def demo_records() -> list[dict]:
     return load_jsonl(DEMO_DATA)

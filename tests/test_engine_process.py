@@ -204,7 +204,12 @@ def test_the_model_name_is_asked_once_and_log_lines_come_home(tmp_path, caplog):
                 name = engine.model_name(model)
                 run = engine.start(_spec(model, tmp_path / "p", order))
                 got = [run.wait(cid, 10.0).records for cid in order]
-                engine.pump(0.2)
+                # the child's log lines come over the socket on their own schedule
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and not any(
+                    "retry 1/" in r.getMessage() for r in caplog.records
+                ):
+                    engine.pump(0.1)
         finally:
             engine.close()
     assert name == srv.model_name
@@ -312,8 +317,11 @@ def test_an_engine_that_cannot_start_a_task_gives_one_clear_error_per_case(pytes
         assert srv.stats.total_requests == 0
     result.assert_outcomes(errors=6)
     out = result.stdout.str()
-    assert out.count(
-        "internal error: the engine could not start task vllm_chat/tiny: "
-        "RuntimeError: planted start failure"
-    ) >= 6
+    assert (
+        out.count(
+            "internal error: the engine could not start task vllm_chat/tiny: "
+            "RuntimeError: planted start failure"
+        )
+        >= 6
+    )
     assert "KeyError" not in out and "Traceback" not in out

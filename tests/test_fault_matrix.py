@@ -22,8 +22,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import (
+    completion_requests,
+    eval_args,
+    stable,
+    summary_json,
+    write_jsonl,
+    write_suite,
+)
 
-from conftest import completion_requests, stable, summary_json, write_jsonl, write_suite
 from pytest_servebench.testing.mockserver import MockServer, dataset_responder
 
 FAST = [
@@ -36,17 +43,8 @@ DIST = [pytest.param([], id="1proc"), pytest.param(["-n", "2"], id="xdist")]
 
 
 def sb(url: str, *extra: str, dataset: str = "demo_gsm8k", cache: bool = False) -> list[str]:
-    return [
-        *([] if cache else ["-p", "no:cacheprovider"]),
-        "--sb-models",
-        "vllm_chat",
-        "--sb-datasets",
-        dataset,
-        f"--sb-set=vllm_chat.base_url={url}",
-        "--sb-set=vllm_chat.model=mock-model",
-        "--sb-work-dir=out",
-        *extra,
-    ]
+    cacheless = [] if cache else ["-p", "no:cacheprovider"]
+    return [*cacheless, *eval_args(url, dataset, *extra, model="mock-model")]
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

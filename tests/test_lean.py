@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import eval_args
 
 from pytest_servebench import yamlio
 from pytest_servebench.engine.jobs import CaseResult, RunAborted
@@ -184,13 +185,7 @@ def _tiny_eval(pytester, records: str = "", extra: str = "", name: str = "tiny")
 
 
 def _eval_args(url: str, dataset: str = "tiny") -> list[str]:
-    return [
-        "--sb-models=vllm_chat",
-        f"--sb-datasets={dataset}",
-        f"--sb-set=vllm_chat.base_url={url}",
-        "--sb-set=vllm_chat.model=m",
-        "--sb-work-dir=out",
-    ]
+    return eval_args(url, dataset, model="m")
 
 
 def _run_tiny(pytester, url: str, *extra: str):

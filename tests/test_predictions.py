@@ -8,24 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import completion_requests
+from conftest import completion_requests, eval_args
 
 from pytest_servebench.scoring.aggregate import TaskResult
 from pytest_servebench.scoring.verdict import Verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-def sb_args(url: str, dataset: str = "demo_gsm8k", *extra: str) -> list[str]:
-    return [
-        "--sb-models",
-        "vllm_chat",
-        "--sb-datasets",
-        dataset,
-        f"--sb-set=vllm_chat.base_url={url}",
-        "--sb-work-dir=out",
-        *extra,
-    ]
 
 
 def only_run(base: Path) -> Path:
@@ -40,7 +28,7 @@ def lines(path: Path) -> list[dict]:
 def test_prediction_records_hold_prompt_and_reference_once_per_case(pytester, gsm8k_server):
     k = 3
     result = pytester.runpytest_subprocess(
-        *sb_args(
+        *eval_args(
             gsm8k_server.base_url,
             "demo_gsm8k",
             f"--sb-set=vllm_chat.generation_kwargs.num_return_sequences={k}",
@@ -86,13 +74,13 @@ def test_verdicts_keep_scores_as_floats_whatever_came_first():
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]])
 def test_resume_says_what_it_reused_and_sent(pytester, gsm8k_server, workers):
-    first = pytester.runpytest_subprocess(*sb_args(gsm8k_server.base_url), "--sb-limit=20")
+    first = pytester.runpytest_subprocess(*eval_args(gsm8k_server.base_url), "--sb-limit=20")
     assert "saved answers" not in first.stdout.str()
     assert "servebench work dir: " in first.stdout.str()
     before = completion_requests(gsm8k_server)
     assert before == 20
     second = pytester.runpytest_subprocess(
-        *sb_args(gsm8k_server.base_url), "--sb-reuse=latest", *workers
+        *eval_args(gsm8k_server.base_url), "--sb-reuse=latest", *workers
     )
     sent = completion_requests(gsm8k_server) - before
     assert sent == 30
@@ -104,7 +92,7 @@ def test_resume_says_what_it_reused_and_sent(pytester, gsm8k_server, workers):
 
 
 def test_quiet_run_prints_the_work_dir_first(pytester, gsm8k_server):
-    result = pytester.runpytest_subprocess(*sb_args(gsm8k_server.base_url), "-q", "--sb-limit=2")
+    result = pytester.runpytest_subprocess(*eval_args(gsm8k_server.base_url), "-q", "--sb-limit=2")
     run = only_run(pytester.path / "out")
     assert result.stdout.lines[0] == f"servebench work dir: {run}"
 
@@ -117,7 +105,7 @@ def test_debug_shows_the_logs_live(pytester, workers):
     reply = Reply(content="The answer is 1.")
     with MockServer(lambda request: reply, faults=every_500, latency=0.05) as server:
         result = pytester.runpytest_subprocess(
-            *sb_args(server.base_url),
+            *eval_args(server.base_url),
             "--sb-limit=3",
             "--sb-set=vllm_chat.retries=0",
             "--sb-debug",
@@ -129,5 +117,5 @@ def test_debug_shows_the_logs_live(pytester, workers):
     shown = [line for line in out.splitlines() if re.match(rf"\[{log}\] ", line)]
     assert shown, out
     assert any("failed" in line and "500" in line for line in shown), shown
-    quiet = pytester.runpytest_subprocess(*sb_args("http://127.0.0.1:9/v1"), "--sb-limit=1")
+    quiet = pytester.runpytest_subprocess(*eval_args("http://127.0.0.1:9/v1"), "--sb-limit=1")
     assert ".log] " not in quiet.stdout.str()
