@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -473,6 +474,8 @@ def test_in_process_run_leaves_the_garbage_collector_as_it_was(pytester):
     assert f"THRESHOLD {max(before[0], GC_YOUNG_THRESHOLD)}" in result.stdout.str()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0  # not the process's own command line: nothing frozen
+    # nor its logging: servebench's records reach the root logger again (and caplog)
+    assert logging.getLogger("servebench").parent is logging.root
 
 
 def test_the_failed_subtest_counts_read_the_same_without_storing_zeros():

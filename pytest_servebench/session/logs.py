@@ -49,3 +49,12 @@ def setup_logging(folder: Path, worker: str | None, write: bool) -> logging.Hand
     root.propagate = True
     root.parent = sink
     return handler
+
+
+def teardown_logging(handler: logging.Handler) -> None:
+    """Close the run's log file and give the `servebench` logger back to logging's tree, so
+    that a later session in the same process (pytester, an IDE) starts from a plain logger."""
+    handler.close()
+    root = logging.getLogger("servebench")
+    if root.parent is not logging.root:
+        root.parent = logging.root

@@ -34,7 +34,7 @@ from pytest_servebench.session import options as opts
 from pytest_servebench.session import outcome as ending
 from pytest_servebench.session.display import Display
 from pytest_servebench.session.items import NODE_PREFIX, CaseItem, TaskCollector
-from pytest_servebench.session.logs import setup_logging
+from pytest_servebench.session.logs import setup_logging, teardown_logging
 from pytest_servebench.session.rescore import judge_saved
 from pytest_servebench.session.servers import crash_reason, start_servers
 from pytest_servebench.session.tasks import Run
@@ -190,6 +190,7 @@ class ServebenchPlugin:
         self.launcher.restore_signal_handlers()
         signals.restore_sigterm(self.previous_sigterm)
         self.previous_sigterm = None
+        teardown_logging(self._log_handler)  # a worker's sessionfinish leaves it open
         self.release()
 
     # -- xdist -----------------------------------------------------------------------------
